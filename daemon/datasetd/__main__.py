@@ -1,0 +1,3 @@
+from datasetd.cli import entry
+
+entry()

@@ -1,0 +1,118 @@
+"""What a tar member may be before datasetd writes it: the strict rules, in one place.
+
+Only regular files and directories, with relative names made of ordinary
+components. tarfile's own `data_filter` runs afterwards as an extra layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from typing import IO
+
+from datasetd.errors import HostileArchive
+
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
+MAX_PATH_BYTES = 4000  # whole relative name, below PATH_MAX with room for the target dir
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CLASS_TAR_RE = re.compile(r"^(?!Z_)(?!\.)([A-Za-z0-9][A-Za-z0-9._-]{0,200})\.tar$")
+
+
+def safe_name(archive: str, member: tarfile.TarInfo) -> str:
+    """The member's name, normalised ('./a' -> 'a'); HostileArchive if it could escape or mislead."""
+    raw = member.name
+    if raw == "" or _CONTROL.search(raw):
+        raise HostileArchive(archive, raw, "empty name or control characters in the name")
+    if raw.startswith(("/", "\\")):
+        raise HostileArchive(archive, raw, "absolute path")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if not parts:
+        raise HostileArchive(archive, raw, "name is only '.' or '/'")
+    if any(p == ".." for p in parts):
+        raise HostileArchive(archive, raw, "'..' in the path escapes the target directory")
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+        raise HostileArchive(archive, raw, f"a path component is longer than {MAX_NAME_BYTES} bytes")
+    name = "/".join(parts)
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise HostileArchive(archive, raw, f"name longer than {MAX_PATH_BYTES} bytes")
+    return name
+
+
+def check_member(archive: str, member: tarfile.TarInfo, dest: str) -> str:
+    """Validate type and name; returns the safe relative name."""
+    name = safe_name(archive, member)
+    if not (member.isreg() or member.isdir()):
+        raise HostileArchive(archive, member.name, f"{_kind(member)} members are not extracted")
+    if member.issparse():
+        raise HostileArchive(archive, member.name, "sparse members are not supported")
+    if member.size < 0:
+        raise HostileArchive(archive, member.name, "negative size")
+    try:
+        tarfile.data_filter(member, dest)
+    except tarfile.FilterError as e:
+        raise HostileArchive(archive, member.name, f"refused by tarfile's data filter: {e}") from e
+    return name
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "FIFO"
+    return f"type {member.type!r}"
+
+
+class HashingReader(io.RawIOBase):
+    """Reads exactly `size` bytes of `f` (or to EOF if size is None), hashing them on the way."""
+
+    def __init__(self, f: IO[bytes], size: int | None, algos: tuple[str, ...] = ("sha256",)) -> None:
+        super().__init__()
+        self._f = f
+        self.remaining = size
+        self.hashes = {a: hashlib.new(a) for a in algos}
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining is not None:
+            n = self.remaining if n < 0 else min(n, self.remaining)
+            if n == 0:
+                return b""
+        data = self._f.read(n)
+        for h in self.hashes.values():
+            h.update(data)
+        self.count += len(data)
+        if self.remaining is not None:
+            self.remaining -= len(data)
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read to the end (tar padding after the end-of-archive blocks) so the digest covers all."""
+        while self.read(chunk):
+            pass
+
+    def hexdigest(self, algo: str = "sha256") -> str:
+        return self.hashes[algo].hexdigest()
+
+
+def open_stream(reader: HashingReader, archive: str) -> tarfile.TarFile:
+    """A streaming reader: members in order, no seeking, any compression tarfile knows."""
+    try:
+        return tarfile.open(fileobj=reader, mode="r|*", bufsize=1 << 20)
+    except tarfile.TarError as e:
+        from datasetd.errors import CorruptArchive
+
+        raise CorruptArchive(archive, f"not a readable tar: {e}") from e

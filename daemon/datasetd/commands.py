@@ -1,0 +1,238 @@
+"""The verbs behind the CLI: plan, apply, status, verify. Each returns an exit code."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import json
+import sys
+import time
+from typing import Any
+
+from datasetd import logs
+from datasetd import status as status_mod
+from datasetd.executing import Executor, Outcome
+from datasetd.journal import JournalDB
+from datasetd.lock import RootLock
+from datasetd.manifest import Manifest
+from datasetd.model import Journal, Observed
+from datasetd.observe import observe, space_report
+from datasetd.planning import plan as make_plan
+from datasetd.planning import space_needs, traffic, unit_paths
+from datasetd.sources.base import Source
+from datasetd.status import StatusBoard
+from datasetd.summary import summarize
+from datasetd.verifying import verify_folder
+
+
+def open_journal(manifest: Manifest, create: bool = True) -> JournalDB:
+    if not create and not (manifest.state_dir / "journal.sqlite").exists():
+        return JournalDB.in_memory()
+    return JournalDB(manifest.state_dir)
+
+
+def plan(manifest: Manifest, as_json: bool = False) -> int:
+    journal = open_journal(manifest, create=False)
+    observed = observe(manifest, journal)
+    actions = make_plan(manifest, observed)
+    moved = traffic(actions, manifest, observed)
+    report = space_report(space_needs(manifest, observed))
+    counts: dict[str, int] = {}
+    for a in actions:
+        counts[f"{a.component}:{a.kind}"] = counts.get(f"{a.component}:{a.kind}", 0) + 1
+    fits = all(fs.fits for fs in report)
+    if as_json:
+        print(json.dumps({"actions": [_describe(a) for a in actions], "counts": counts,
+                          "read_bytes": moved.read, "write_bytes": moved.write,
+                          "space": [fs.__dict__ | {"fits": fs.fits} for fs in report]}, indent=2))
+        return 0 if fits else 1
+    if not actions:
+        print("nothing to do: every enabled component is converged")
+    for key, n in sorted(counts.items()):
+        comp, kind = key.split(":")
+        print(f"  {comp:<16} {kind:<16} x{n}")
+    for a in actions:
+        reason = getattr(a, "reason", None)
+        if reason:
+            print(f"  blocked: {reason}")
+    print(f"next steps read {_h(moved.read)}, write {_h(moved.write)}")
+    for fs in report:
+        inodes = f"{fs.need_inodes:,} inodes" if fs.inodes_known else "inodes unknown until indexed"
+        verdict = "fits" if fs.fits else "DOES NOT FIT"
+        print(f"{fs.filesystem}: needs {_h(fs.need_bytes)} and {inodes}; "
+              f"free {_h(fs.free_bytes)} and {fs.free_inodes:,} inodes: {verdict}")
+    return 0 if fits else 1
+
+
+def _describe(action: Any) -> dict[str, Any]:
+    return {"kind": action.kind, "component": action.component,
+            **{k: str(v) for k, v in vars(action).items() if k not in ("component", "origin")}}
+
+
+def _h(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Source] | None = None) -> int:
+    with RootLock(manifest.root):
+        outcome = run_apply(manifest, workers=workers, sources=sources)
+    for name, message in outcome.failed.items():
+        print(f"datasetd: {name}: {message}", file=sys.stderr)
+    return 0 if outcome.ok else 1
+
+
+def run_apply(manifest: Manifest, workers: int | None = None,
+              sources: dict[str, Source] | None = None) -> Outcome:
+    journal = JournalDB(manifest.state_dir)
+    try:
+        board = StatusBoard(manifest)
+        srcs = sources if sources is not None else default_sources(manifest)
+        return Executor(manifest, journal, board, workers=workers, sources=srcs).run()
+    finally:
+        journal.close()
+
+
+def default_sources(manifest: Manifest) -> dict[str, Source]:
+    """The transports this build has, imported only when the manifest uses them."""
+    kinds = {type(c.source).__name__.removesuffix("Source").lower() for c in manifest.enabled()}
+    out: dict[str, Source] = {}
+    for kind in sorted(kinds - {"file"}):
+        try:
+            module = importlib.import_module(f"datasetd.sources.{kind}")
+        except ImportError:
+            continue
+        out[kind] = module.make_source(manifest)
+    return out
+
+
+# ---- status --------------------------------------------------------------------------------
+
+
+def current_status(manifest: Manifest) -> dict[str, Any]:
+    """The daemon's status.json while one runs; otherwise computed from disk and journal."""
+    data = status_mod.read(manifest.state_dir / "status.json")
+    if data and data.get("state") == "running" and status_mod.pid_alive(int(data.get("pid", 0))):
+        return data
+    journal = open_journal(manifest, create=False)
+    observed = observe(manifest, journal)
+    board = StatusBoard(manifest)
+    for name, comp in manifest.components.items():
+        board.components[name].__dict__.update(summarize(comp, observed.components.get(name)))
+    snap = board.snapshot()
+    snap["state"] = "converged" if all(
+        c["phase"] in ("ready", "disabled") for c in snap["components"].values()) else "idle"
+    snap["pid"] = None
+    if data and data.get("components"):
+        for name, old in data["components"].items():
+            if name in snap["components"] and old.get("last_error") and snap["components"][name]["phase"] != "ready":
+                snap["components"][name]["last_error"] = old["last_error"]
+    return snap
+
+
+def status(manifest: Manifest, as_json: bool = False, watch: bool = False) -> int:
+    while True:
+        snap = current_status(manifest)
+        if as_json:
+            print(json.dumps(snap, indent=2, sort_keys=True))
+        else:
+            if watch:
+                print("\x1b[2J\x1b[H", end="")
+            print(render_status(snap))
+        if not watch:
+            break
+        time.sleep(1.0)
+    converged = all(c["phase"] in ("ready", "disabled") for c in snap["components"].values())
+    return 0 if converged else 1
+
+
+def render_status(snap: dict[str, Any]) -> str:
+    lines = [f"datasetd {snap.get('version')}  root {snap.get('root')}  state {snap.get('state')}"
+             f"  updated {snap.get('updated')}"]
+    for name, c in sorted(snap["components"].items()):
+        total = c.get("bytes_total") or 0
+        frac = (c.get("bytes_done", 0) / total) if total else (1.0 if c["phase"] == "ready" else 0.0)
+        bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
+        extra = ""
+        if c.get("classes_total"):
+            extra += f" classes {c['classes_done']}/{c['classes_total']}"
+        if c.get("files_total"):
+            extra += f" files {c['files_done']}/{c['files_total']}"
+        if c.get("rate"):
+            extra += f" {_h(int(c['rate']))}/s"
+        if c.get("eta_seconds"):
+            extra += f" eta {int(c['eta_seconds'])}s"
+        lines.append(f"  {name:<14} {c['phase']:<10} [{bar}] {frac * 100:5.1f}%{extra}")
+        if c.get("last_error"):
+            lines.append(f"  {'':<14} error: {c['last_error']}")
+    return "\n".join(lines)
+
+
+# ---- verify --------------------------------------------------------------------------------
+
+
+def verify(manifest: Manifest, components: list[str] | None = None, repair: bool = False,
+           workers: int | None = None) -> int:
+    log = logs.get()
+    names = components or [c.name for c in manifest.enabled()]
+    unknown = [n for n in names if n not in manifest.components]
+    if unknown:
+        from datasetd.errors import UsageError
+
+        raise UsageError(f"{manifest.path}: no component named {unknown[0]!r}; "
+                         f"known: {', '.join(manifest.components)}")
+    with RootLock(manifest.root):
+        journal = JournalDB(manifest.state_dir)
+        try:
+            bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers, log)
+            for line in bad:
+                print(f"BAD {line}")
+            if not bad:
+                print("verify: every recorded file matches")
+                return 0
+            if not repair:
+                print(f"verify: {len(bad)} problem(s); run with --repair to re-extract", file=sys.stderr)
+                return 1
+        finally:
+            journal.close()
+        outcome = run_apply(manifest, workers=workers)
+    if outcome.ok:
+        log.info("verify.repaired", problems=len(bad))
+        print(f"verify: repaired {len(bad)} problem(s)")
+        return 0
+    return 1
+
+
+def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], workers: int, log: Any) -> list[str]:
+    observed: Observed = observe(manifest, journal)
+    bad: list[str] = []
+    jobs: dict[cf.Future[list[str]], tuple[str, str]] = {}
+    with cf.ProcessPoolExecutor(workers) as pool:
+        for name in names:
+            comp = manifest.components[name]
+            state = observed.components.get(name)
+            if state is None or comp.unpack == "none":
+                continue
+            for unit in state.units:
+                folder = unit_paths(comp, unit.name).folder
+                if unit.journal is Journal.NONE:
+                    if unit.folder:
+                        bad.append(f"{folder}: no record in the journal (unverified)")
+                        journal.forget_unit(name, unit.name)
+                    continue
+                jobs[pool.submit(verify_folder, folder, journal.files(name, unit.name))] = (name, unit.name)
+        for future in cf.as_completed(jobs):
+            name, unit_name = jobs[future]
+            problems = future.result()
+            if problems:
+                bad.extend(problems)
+                log.error("verify.mismatch", component=name, unit=unit_name, problems=len(problems),
+                          first=problems[0])
+                journal.forget_unit(name, unit_name)
+            else:
+                log.debug("verify.clean", component=name, unit=unit_name)
+    return sorted(bad)

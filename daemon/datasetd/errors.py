@@ -1,0 +1,123 @@
+"""Every error datasetd raises, in one hierarchy (the model is httpx/_exceptions.py).
+
+    DatasetdError
+    ├── ManifestError        the manifest is invalid: exit 2, nothing on disk touched
+    ├── UsageError           bad command line or environment (e.g. root locked): exit 2
+    ├── PermanentError       needs the user: a retry cannot help
+    │   ├── DigestMismatch   bytes on disk differ from what the manifest or journal pins
+    │   ├── HostileArchive   a tar member that could escape, or is not a plain file
+    │   ├── CorruptArchive   a truncated or unreadable tar
+    │   └── NoSpace          the filesystem cannot hold what the plan needs
+    └── TemporaryError       may succeed later; carries the delay before the next try
+
+The executor is the only place that decides between retrying and failing.
+Every message is one line that names the file, key or member and what to do.
+"""
+
+from __future__ import annotations
+
+
+class DatasetdError(Exception):
+    """Base of every error datasetd raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other constructor arguments; rebuild from state so errors
+        # raised in worker processes cross the process boundary intact.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class ManifestError(DatasetdError):
+    """The manifest cannot be used. `key` is a dotted path such as components.train.sha256."""
+
+    exit_code = 2
+
+    def __init__(self, file: str, key: str, problem: str, fix: str = "") -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + problem + (f" ({fix})" if fix else ""))
+
+
+class UsageError(DatasetdError):
+    exit_code = 2
+
+
+class PermanentError(DatasetdError):
+    """Needs the user; the component stays in error until the manifest or the disk changes."""
+
+
+class DigestMismatch(PermanentError):
+    def __init__(self, path: str, algo: str, expected: str, actual: str, hint: str = "") -> None:
+        self.path = path
+        self.algo = algo
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: {algo} is {actual}, expected {expected}"
+            + (f"; {hint}" if hint else "")
+        )
+
+
+class HostileArchive(PermanentError):
+    def __init__(self, archive: str, member: str, reason: str) -> None:
+        self.archive = archive
+        self.member = member
+        self.reason = reason
+        super().__init__(
+            f"{archive}: member {member!r} refused: {reason}; "
+            "nothing was written outside the target, remove or replace the archive"
+        )
+
+
+class CorruptArchive(PermanentError):
+    def __init__(self, archive: str, detail: str) -> None:
+        self.archive = archive
+        super().__init__(f"{archive}: {detail}; fetch the archive again or check its source")
+
+
+class NoSpace(PermanentError):
+    def __init__(self, filesystem: str, need: int, free: int, what: str = "bytes") -> None:
+        self.filesystem = filesystem
+        self.need = need
+        self.free = free
+        super().__init__(
+            f"{filesystem}: needs {_human(need, what)} more {what} than are free "
+            f"({_human(free, what)} free); free space there or move root"
+        )
+
+
+class TemporaryError(DatasetdError):
+    """Retry after `delay` seconds (network errors, busy servers, a stalled swarm)."""
+
+    def __init__(self, message: str, delay: float = 30.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def _rebuild(cls: type[DatasetdError], args: tuple[object, ...], state: dict[str, object]) -> DatasetdError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+def _human(n: int, what: str) -> str:
+    if what != "bytes":
+        return f"{n:,}"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover

@@ -1,0 +1,87 @@
+"""structlog configuration, and the one list of event names datasetd emits.
+
+Names are `noun.past_verb` and stable: scripts and alerts may match on them.
+JSON lines when stderr is not a terminal (systemd's journal, pipes, files),
+readable console lines when it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+EVENTS: dict[str, str] = {
+    "apply.started": "a reconcile pass began (manifest path and hash, workers)",
+    "apply.progress": "periodic one-line summary of a long pass: units done/total, bytes, rate",
+    "apply.converged": "every enabled component is ready",
+    "apply.failed": "the pass ended with components in error (each listed)",
+    "apply.stopped": "a stop was requested; in-flight steps finished or were abandoned safely",
+    "plan.made": "the planner produced actions (count per kind)",
+    "space.checked": "predicted need vs free space per filesystem",
+    "archive.indexed": "an archive was hashed, matched its pins, and its units were listed",
+    "archive.unpinned": "an archive has no sha256/md5 in the manifest; the computed sha256 is logged to pin it",
+    "archive.deleted": "a downloaded archive was removed after everything from it was verified",
+    "class.extracted": "a class tar was extracted (files, bytes) and its digests recorded",
+    "class.adopted": "a class folder of unknown provenance matched its tar byte for byte and was adopted",
+    "class.replaced": "a class folder that did not match its tar was replaced by a fresh extraction",
+    "class.marked": "a class tar was renamed W.tar -> Z_W.tar after its folder was recorded",
+    "class.verified": "a class folder was re-read, matched its record, and flushed to disk",
+    "class.tar_deleted": "a class tar was deleted after its folder was verified and durable",
+    "tree.extracted": "a flat tar was extracted into its directory and its digests recorded",
+    "tree.adopted": "an existing directory matched its flat tar and was adopted",
+    "tree.replaced": "a directory that did not match its flat tar was replaced",
+    "tree.verified": "a flat tar's directory was re-read, matched, and flushed to disk",
+    "step.failed": "an action failed permanently; the message says what to do",
+    "step.retrying": "an action failed temporarily and will be retried after a delay",
+    "verify.mismatch": "deep verification found a file that differs from its record",
+    "verify.clean": "deep verification re-hashed a unit and found it intact",
+    "verify.repaired": "a unit that failed verification was re-extracted",
+    "download.started": "an HTTP download began",
+    "download.resumed": "an HTTP download continued from a partial file",
+    "download.restarted": "an HTTP download restarted from zero (validator changed or Range ignored)",
+    "download.retrying": "an HTTP request failed temporarily and will be retried",
+    "download.failed_over": "an HTTP download moved to the next mirror",
+    "download.completed": "an HTTP download finished and matched its pins",
+    "download.digest_mismatch": "a downloaded file did not match its pinned digest",
+    "torrent.added": "a torrent was added to the session",
+    "torrent.metadata_received": "a magnet's metadata arrived from peers",
+    "torrent.resumed": "a torrent was loaded from its resume data",
+    "torrent.rechecking": "libtorrent is re-hashing pieces on disk",
+    "torrent.health": "the swarm's health changed; carries a hint a user can act on",
+    "torrent.stalled": "no progress for the stall timeout",
+    "torrent.fell_back": "web seeds or HTTP mirrors were enabled after a stall",
+    "torrent.completed": "a torrent's file finished and matched datasetd's own digest",
+    "torrent.digest_mismatch": "a torrent's finished file failed datasetd's digest; a recheck follows",
+    "torrent.resume_saved": "resume data was written",
+    "daemon.started": "`datasetd run` started",
+    "daemon.reloaded": "the manifest was reloaded (edit or SIGHUP)",
+    "daemon.reload_failed": "an edited manifest was invalid; the last good one keeps running",
+    "daemon.stopping": "SIGTERM/SIGINT received; stopping within stop_timeout",
+}
+
+
+def configure(*, json: bool | None = None, level: str = "info", stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    use_json = json if json is not None else not out.isatty()
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_json:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors += [structlog.dev.ConsoleRenderer(colors=False)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get() -> Any:
+    return structlog.get_logger("datasetd")

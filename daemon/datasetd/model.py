@@ -1,0 +1,181 @@
+"""Plain data shared by observe, planning and executing: what was seen, what to do.
+
+A *unit* is what one extraction produces and one verification proves: a class
+folder `into/W/` for class-tars, or the whole `into/` for a flat tar (unit
+name FLAT). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+FLAT = "."  # unit name of a flat tar: the unit is `into` itself
+
+
+class Journal(StrEnum):
+    """What the journal knows about a unit, for the archive it currently indexes."""
+
+    NONE = "none"
+    EXTRACTED = "extracted"  # member names, sizes and sha256 recorded at extraction
+    VERIFIED = "verified"  # re-read from disk, matched, and flushed (syncfs) before recording
+
+
+@dataclass(frozen=True)
+class UnitIndex:
+    """One unit's bytes inside the archive, as found by the index pass."""
+
+    name: str
+    offset: int  # where the unit's tar starts inside the archive (0 for FLAT)
+    size: int  # bytes of the unit's tar (the whole archive for FLAT)
+    sha256: str  # of those bytes
+    files: int  # regular files inside
+    dirs: int
+    bytes: int  # sum of file sizes
+    problem: str | None = None  # hostile or broken member found while indexing
+
+
+@dataclass(frozen=True)
+class UnitState:
+    index: UnitIndex
+    loose_tar: str | None = None  # "W.tar" or "Z_W.tar" found in `into` (hand-split or earlier run)
+    loose_tar_ok: bool = False  # its size equals the indexed size
+    folder: bool = False
+    partial: bool = False  # `.W.partial` (or `.W.old`) left by a crash
+    journal: Journal = Journal.NONE
+    intact: bool = False  # folder's names and sizes equal the journal's record
+
+    @property
+    def name(self) -> str:
+        return self.index.name
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    present: bool
+    size: int | None = None
+    verified: bool = False  # journal holds digests for exactly this file (size, mtime, inode)
+    indexed: bool = False
+
+
+@dataclass(frozen=True)
+class ComponentState:
+    archive: ArchiveState
+    units: tuple[UnitState, ...] = ()
+    archive_sha256: str | None = None  # from the journal, when verified
+
+
+@dataclass(frozen=True)
+class Observed:
+    components: dict[str, ComponentState] = field(default_factory=dict)
+    # free bytes / inodes per filesystem, keyed by a path on it (for the space check)
+    free: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+# ---- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a unit's tar bytes are: a loose class tar, or a byte range of the archive."""
+
+    path: Path
+    offset: int
+    size: int
+    sha256: str
+    loose: bool
+
+
+@dataclass(frozen=True)
+class Action:
+    component: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.component, "")
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Fetch(Action):
+    """Download the archive (http, torrent) to component.archive."""
+
+
+@dataclass(frozen=True)
+class IndexArchive(Action):
+    """Hash the archive, check it against the manifest, list its units and members."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class UnitAction(Action):
+    unit: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.component, self.unit)
+
+
+@dataclass(frozen=True)
+class ExtractUnit(UnitAction):
+    """Extract into the partial dir, hashing while writing, then rename into place."""
+
+    origin: Origin
+    folder: Path
+    partial: Path
+    replace: bool  # an existing folder that failed its check is swapped out
+
+
+@dataclass(frozen=True)
+class AdoptUnit(UnitAction):
+    """A folder with no record (hand-made, or a crash before recording): compare it with its tar."""
+
+    origin: Origin
+    folder: Path
+    partial: Path
+
+
+@dataclass(frozen=True)
+class MarkProcessed(UnitAction):
+    """Rename W.tar to Z_W.tar once W/ is recorded (the manual recipe's marker, kept)."""
+
+    tar: Path
+    marked: Path
+
+
+@dataclass(frozen=True)
+class VerifyUnit(UnitAction):
+    """Re-read every file of the folder: exact member set, sizes, sha256."""
+
+    folder: Path
+
+
+@dataclass(frozen=True)
+class DeleteClassTar(UnitAction):
+    """The folder is verified and durable: its loose tar may go."""
+
+    tar: Path
+
+
+@dataclass(frozen=True)
+class DeleteArchive(Action):
+    """keep_archive = false and every unit is verified: remove the downloaded archive."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class Blocked(Action):
+    """Nothing can be done until the user acts; carries the one-line reason."""
+
+    reason: str
+    unit: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.component, self.unit)

@@ -1,0 +1,110 @@
+"""Shared fixtures: real tar files in a temporary data root, and a way to run datasetd."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from datasetd import cli
+from datasetd.demo import build_train, build_val, tar_bytes
+
+WNIDS = [f"n0{1000000 + 7919 * i:07d}" for i in range(8)]
+
+
+@dataclass
+class Dataset:
+    root: Path
+    manifest: Path
+    train_tar: Path
+    val_tar: Path
+    train_bytes: bytes
+    val_bytes: bytes
+
+    def run(self, *args: str) -> int:
+        return cli.main(["--log-format", "json", *args, str(self.manifest)])
+
+    def journal(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.root / ".datasetd" / "journal.sqlite")
+
+    def steps(self) -> list[tuple[str, str, str, str]]:
+        with self.journal() as db:
+            return list(db.execute("SELECT component, unit, action, outcome FROM step ORDER BY id"))
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        return json.loads((self.root / ".datasetd" / "status.json").read_text())
+
+
+def write_manifest(path: Path, root: Path, components: str, workers: int = 2) -> Path:
+    path.write_text(f'version = 1\nroot = "{root}"\n[daemon]\nworkers = {workers}\n{components}')
+    return path
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Dataset:
+    """An ILSVRC-shaped train tar (8 classes) and a flat val tar under root/sources."""
+    root = tmp_path / "root"
+    sources = root / "sources"
+    sources.mkdir(parents=True)
+    train = build_train(WNIDS, files=6, size=(500, 3000))
+    val, _ = build_val(WNIDS)
+    (sources / "train.tar").write_bytes(train)
+    (sources / "val.tar").write_bytes(val)
+    manifest = write_manifest(tmp_path / "m.toml", root, f"""
+[components.train]
+source = "file"
+path = "sources/train.tar"
+size = {len(train)}
+sha256 = "{sha256(train)}"
+unpack = "class-tars"
+into = "train"
+
+[components.val]
+source = "file"
+path = "sources/val.tar"
+sha256 = "{sha256(val)}"
+unpack = "tar"
+into = "val"
+""")
+    return Dataset(root, manifest, sources / "train.tar", sources / "val.tar", train, val)
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Relative name -> sha256 of every regular file under path."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(path))] = sha256(p.read_bytes())
+    return out
+
+
+def gnu_tar_extract(archive: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)
+    return dest
+
+
+def datasetd_cmd() -> list[str]:
+    return [sys.executable, "-m", "datasetd"]
+
+
+def run_datasetd(*args: str, env: dict[str, str] | None = None,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*datasetd_cmd(), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+MakeTar = Callable[[list[tuple[str, bytes]]], bytes]
+make_tar: MakeTar = tar_bytes

@@ -1,0 +1,79 @@
+"""SIGKILL at arbitrary moments: the class-tar invariant holds after every kill, and a re-run converges."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import datasetd_cmd, gnu_tar_extract, sha256, tree_digest, write_manifest
+
+from datasetd.demo import build_train
+
+WNIDS = [f"n{9000000 + i:08d}" for i in range(48)]
+
+
+def verified_units(root: Path) -> set[str]:
+    db_path = root / ".datasetd/journal.sqlite"
+    if not db_path.exists():
+        return set()
+    with sqlite3.connect(db_path) as db:
+        return {r[0] for r in db.execute("SELECT unit FROM unit WHERE state='verified'")}
+
+
+def check_invariant(train: Path, reference: dict[str, dict[str, str]], root: Path) -> None:
+    """Every class has its tar (plain or Z_) or a verified, complete folder; never neither."""
+    verified = verified_units(root)
+    for wnid, files in reference.items():
+        has_tar = (train / f"{wnid}.tar").exists() or (train / f"Z_{wnid}.tar").exists()
+        if has_tar:
+            continue
+        assert wnid in verified, f"{wnid}: tar gone but the folder was never verified"
+        assert tree_digest(train / wnid) == files, f"{wnid}: tar gone and the folder is not complete"
+
+
+def test_sigkill_anywhere_resumes_and_converges(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    train = root / "train"
+    train.mkdir(parents=True)
+    outer = build_train(WNIDS, files=40, size=(2000, 6000))
+    (tmp_path / "outer.tar").write_bytes(outer)
+    gnu_tar_extract(tmp_path / "outer.tar", train)  # hand-split class tars, as the manual recipe leaves them
+    reference = {}
+    for t in sorted(train.glob("*.tar")):
+        reference[t.stem] = tree_digest(gnu_tar_extract(t, tmp_path / "ref" / t.stem))
+    (root / "outer.tar").write_bytes(outer)
+    manifest = write_manifest(tmp_path / "m.toml", root, f"""
+[components.train]
+source = "file"
+path = "outer.tar"
+sha256 = "{sha256(outer)}"
+unpack = "class-tars"
+into = "train"
+""", workers=2)
+    kills = 0
+    for attempt in range(200):
+        proc = subprocess.Popen([*datasetd_cmd(), "--log-format", "json", "apply", str(manifest)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        delay = 0.3 + 0.01 * attempt  # each run gets a little further than the last
+        try:
+            code = proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            time.sleep(0.1)  # workers die with the coordinator (PDEATHSIG); let the kernel reap them
+            check_invariant(train, reference, root)
+            print("killed at", delay, "plain", len(list(train.glob("n*.tar"))), "marked",
+                  len(list(train.glob("Z_*.tar"))), "verified", len(verified_units(root)))
+            continue
+        assert code == 0, proc.stderr.read().decode() if proc.stderr else code
+        break
+    else:
+        raise AssertionError("never converged")
+    assert kills >= 5, f"the run finished too fast to be interrupted ({kills} kills): grow the data set"
+    check_invariant(train, reference, root)
+    assert {w: tree_digest(train / w) for w in reference} == reference
+    assert not list(train.glob("*.tar")) and not list(train.glob(".*"))
