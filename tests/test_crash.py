@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from conftest import datasetd_cmd, gnu_tar_extract, sha256, tree_digest, write_manifest
-
 from datasetd.demo import build_train
 
 WNIDS = [f"n{9000000 + i:08d}" for i in range(48)]

@@ -41,6 +41,7 @@ class StepRunner:
         self.procs: cf.ProcessPoolExecutor | None = None
         self.threads: cf.ThreadPoolExecutor | None = None
         self.stop = threading.Event()
+        self.fetch_stops: dict[str, threading.Event] = {}
         self.log = logs.get()
 
     def event(self, component: str, verb: str) -> str:
@@ -100,7 +101,18 @@ class StepRunner:
             self.board.update(comp.name, phase="fetching", bytes_done=p.bytes_done,
                               bytes_total=p.bytes_total or 0, detail=dict(p.detail))
 
-        return source.fetch(comp, progress, self.stop)
+        stop = self.fetch_stops[comp.name] = threading.Event()
+        if self.stop.is_set():
+            stop.set()
+        try:
+            return source.fetch(comp, progress, stop)
+        finally:
+            self.fetch_stops.pop(comp.name, None)
+
+    def stop_fetches(self) -> None:
+        self.stop.set()
+        for event in list(self.fetch_stops.values()):
+            event.set()
 
     # ---- finish: returns True when the unit waits for the group commit -----------------------
 

@@ -68,6 +68,7 @@ class Executor:
         self.board = board
         self.workers = workers or manifest.daemon.workers
         self.stop = stop or threading.Event()
+        # the fetches share the executor's stop: a shutdown stops downloads too
         self.commit_every = commit_every
         self.log = logs.get()
         self.steps = StepRunner(manifest, journal, board, sources or {})
@@ -78,6 +79,31 @@ class Executor:
         self.delayed: dict[tuple[str, str], float] = {}
         self.pending_commit: dict[str, list[tuple[str, float]]] = {}
         self._last_progress = time.monotonic()
+        self._new_manifest: Manifest | None = None
+
+    def reload(self, manifest: Manifest) -> None:
+        """Switch to an edited manifest at the next step boundary (thread-safe).
+
+        New or re-enabled components start; disabled or removed ones get no new
+        steps and their downloads are told to stop. Nothing is deleted.
+        """
+        self._new_manifest = manifest  # picked up within a second: the loop never waits longer
+
+    def _take_new_manifest(self) -> None:
+        manifest, self._new_manifest = self._new_manifest, None
+        if manifest is None:
+            return
+        self.manifest = manifest
+        self.steps.manifest = manifest
+        self.board.reset(manifest)
+        for name in list(self.steps.fetch_stops):
+            comp = manifest.components.get(name)
+            if comp is None or not comp.enabled:
+                self.steps.fetch_stops[name].set()
+        self.failed.clear()
+        self.attempts.clear()
+        self.observed = dict(observe(manifest, self.journal).components)
+        self.log.info("daemon.reloaded", manifest=str(manifest.path), sha256=manifest.sha256)
 
     # ---- entry -------------------------------------------------------------------------------
 
@@ -92,6 +118,8 @@ class Executor:
             try:
                 self._loop()
             finally:
+                if self.stop.is_set():
+                    self.steps.stop_fetches()
                 self._drain_on_stop()
                 self._commit(force=True)
         return self._outcome()
@@ -113,6 +141,7 @@ class Executor:
 
     def _loop(self) -> None:
         while not self.stop.is_set():
+            self._take_new_manifest()
             self._submit_ready()
             if not self.inflight and not self.pending_commit and not self.delayed:
                 return
@@ -149,6 +178,8 @@ class Executor:
 
     def _complete(self, future: cf.Future[Any]) -> None:
         action = self.inflight.pop(future)
+        if action.component not in self.manifest.components:
+            return  # removed from the manifest while it ran: its result stays on disk, unrecorded
         try:
             verified = self.steps.complete(action, future.result())
         except Exception as exc:  # noqa: BLE001 - classify decides; nothing escapes unlogged

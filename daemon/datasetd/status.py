@@ -79,6 +79,16 @@ class StatusBoard:
         self._written = 0.0
         self.extra: dict[str, Any] = {}
 
+    def reset(self, manifest: Manifest) -> None:
+        """Follow an edited manifest: new components appear, removed ones disappear."""
+        with self._lock:
+            self.manifest = manifest
+            self.components = {name: self.components.get(name, ComponentStatus()) for name in manifest.components}
+            for name, comp in manifest.components.items():
+                if not comp.enabled:
+                    self.components[name].phase = "disabled"
+                self._rates.setdefault(name, _Rate())
+
     def update(self, name: str, **fields: Any) -> None:
         with self._lock:
             status = self.components.setdefault(name, ComponentStatus())
