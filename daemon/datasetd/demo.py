@@ -6,13 +6,18 @@ can pin their sha256 like a real manifest pins the published ones.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import io
 import random
 import tarfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from datasetd import commands
+from datasetd.errors import UsageError
 from datasetd.manifest import load
 
 WNIDS = [  # the first 20 ILSVRC2012 classes in sorted-WNID order
@@ -99,16 +104,42 @@ def find_manifest(explicit: str | None) -> Path:
         candidate = base / "manifests" / "demo.toml"
         if candidate.exists():
             return candidate
-    from datasetd.errors import UsageError
-
     raise UsageError("manifests/demo.toml not found; run from the repository or pass --manifest")
+
+
+HTTP_PORT = 47801  # fixed, because manifests/demo.toml names it
+
+
+@contextlib.contextmanager
+def http_server(directory: Path, port: int = HTTP_PORT) -> Iterator[str]:
+    """A plain local web server for the demo's HTTP components (loopback only)."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        raise UsageError(f"127.0.0.1:{port} is busy ({e.strerror}); the demo's HTTP server needs it") from e
+    thread = threading.Thread(target=server.serve_forever, name="demo-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def main(manifest_arg: str | None) -> int:
     path = find_manifest(manifest_arg)
     manifest = load(path)
-    archives = build(manifest.root / "sources")
-    print(f"demo: {len(archives)} archives under {manifest.root / 'sources'}; applying {path}")
-    code = commands.apply(manifest)
+    sources = manifest.root / "sources"
+    archives = build(sources)
+    print(f"demo: {len(archives)} archives in {sources}")
+    with http_server(sources) as url:
+        print(f"demo: serving them at {url} (http components) and as files; applying {path}")
+        code = commands.apply(manifest)
     print(commands.render_status(commands.current_status(manifest)))
     return code

@@ -45,6 +45,7 @@ EVENTS: dict[str, str] = {
     "download.retrying": "an HTTP request failed temporarily and will be retried",
     "download.failed_over": "an HTTP download moved to the next mirror",
     "download.completed": "an HTTP download finished and matched its pins",
+    "download.gave_up": "an HTTP download made no progress for max_attempts tries; retried on the next pass",
     "download.digest_mismatch": "a downloaded file did not match its pinned digest",
     "torrent.added": "a torrent was added to the session",
     "torrent.metadata_received": "a magnet's metadata arrived from peers",
@@ -65,6 +66,9 @@ EVENTS: dict[str, str] = {
 
 def configure(*, json: bool | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
+    # httpx logs full request URLs at INFO; a signed query string must never reach a log.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     use_json = json if json is not None else not out.isatty()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -104,11 +104,12 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
 
 
 def _archive_step(comp: Component, archive: ArchiveState) -> Action:
-    if archive.present and not archive.verified:
+    if archive.present and not (archive.verified and archive.indexed):
+        # not hashed yet, changed since, or fetched (hashed) but its members never listed
         return IndexArchive(comp.name, path=comp.archive)
     if archive.present:
-        # indexed facts exist but a unit still needs bytes we cannot locate: a bug, not a user error
-        return Blocked(comp.name, reason=f"{comp.archive}: archive present but not indexed")
+        # verified and indexed, yet a unit cannot locate its bytes: a bug, not a user error
+        return Blocked(comp.name, reason=f"{comp.archive}: archive indexed but a unit has no origin")
     if comp.downloaded:
         return Fetch(comp.name)
     return Blocked(comp.name, reason=f"{comp.archive}: archive not found; "

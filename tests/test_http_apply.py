@@ -1,0 +1,98 @@
+"""HTTP components through the whole pipeline: fetch, index, extract, verify, delete the download."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import WNIDS, gnu_tar_extract, sha256, tree_digest, write_manifest
+from datasetd import cli
+from datasetd.demo import build_val
+from http_server import Fault, FaultServer
+
+
+def http_manifest(tmp_path: Path, url: str, data: bytes, keep: bool = False, extra: str = "") -> Path:
+    return write_manifest(tmp_path / "m.toml", tmp_path / "root", f"""
+[components.val]
+source = "http"
+url = "{url}"
+file = "downloads/val.tar"
+size = {len(data)}
+sha256 = "{sha256(data)}"
+unpack = "tar"
+into = "val"
+keep_archive = {str(keep).lower()}
+{extra}
+""")
+
+
+def test_download_survives_a_reset_and_the_archive_goes_once_verified(tmp_path: Path) -> None:
+    val, _ = build_val(WNIDS)
+    with FaultServer(files={"/val.tar": val}) as server:
+        server.add_fault("/val.tar", Fault(reset_after=len(val) // 2))
+        m = http_manifest(tmp_path, server.url("/val.tar"), val)
+        assert cli.main(["apply", str(m)]) == 0
+        resumed = [r for r in server.requests("/val.tar", "GET") if r.range_start]
+        assert resumed, "the second request should resume with a Range"
+    root = tmp_path / "root"
+    assert tree_digest(root / "val") == tree_digest(gnu_tar_extract(_write(tmp_path / "v.tar", val), tmp_path / "r"))
+    assert not (root / "downloads/val.tar").exists(), "keep_archive = false deletes the verified download"
+    # converged: nothing is fetched again although the archive is gone
+    assert cli.main(["apply", str(m)]) == 0
+
+
+def test_corrupt_download_is_refused_with_both_digests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    val, _ = build_val(WNIDS)
+    with FaultServer(files={"/val.tar": val}) as server:
+        server.add_fault("/val.tar", Fault(corrupt_at=1000), times=None)
+        m = http_manifest(tmp_path, server.url("/val.tar"), val, extra="")
+        assert cli.main(["apply", str(m)]) == 1
+    err = json.loads((tmp_path / "root/.datasetd/status.json").read_text())["components"]["val"]["last_error"]
+    assert sha256(val) in err
+    assert not (tmp_path / "root/val").exists() and not (tmp_path / "root/downloads/val.tar").exists()
+
+
+def test_token_from_the_environment_never_reaches_logs_or_status(tmp_path: Path) -> None:
+    val, _ = build_val(WNIDS[:2])
+    token = "SECRET-TOKEN-7f3a"
+    with FaultServer(files={"/val.tar": val}, bearer=token) as server:
+        m = http_manifest(tmp_path, server.url("/val.tar"), val, extra='auth = { bearer_env = "DATASETD_TOKEN" }')
+        env = {**os.environ, "DATASETD_TOKEN": token}
+        done = subprocess.run([sys.executable, "-m", "datasetd", "--log-format", "json", "apply", str(m)],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        other = tmp_path / "other"
+        other.mkdir()
+        m2 = http_manifest(other, server.url("/val.tar"), val, extra='auth = { bearer_env = "DATASETD_TOKEN" }')
+        denied = subprocess.run([sys.executable, "-m", "datasetd", "apply", str(m2)], capture_output=True,
+                                text=True, timeout=60, env={**env, "DATASETD_TOKEN": token + "-wrong"})
+        assert len(server.requests("/val.tar", "GET")) >= 2
+    assert denied.returncode == 1 and "DATASETD_TOKEN" in denied.stderr, denied.stderr
+    assert token not in done.stdout + done.stderr + denied.stdout + denied.stderr
+    for path in [*(tmp_path / "root/.datasetd").rglob("*"), *(other / "root").rglob("*")]:
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_demo_runs_every_source_kind_and_converges(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "manifests").mkdir()
+    shutil.copy(repo / "manifests/demo.toml", tmp_path / "manifests/demo.toml")
+    done = subprocess.run([sys.executable, "-m", "datasetd", "demo", "--manifest",
+                           str(tmp_path / "manifests/demo.toml")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "state converged" in done.stdout
+    for name in ("train", "val", "devkit"):
+        assert f"{name}" in done.stdout
+    assert len(list((tmp_path / ".demo/root/train").iterdir())) == 20
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
