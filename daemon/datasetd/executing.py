@@ -30,7 +30,7 @@ from datasetd._steps import StepRunner, classify
 from datasetd.errors import NoSpace, TemporaryError
 from datasetd.journal import JournalDB
 from datasetd.manifest import Manifest
-from datasetd.model import Action, Blocked, ComponentState, Observed, UnitAction
+from datasetd.model import Action, Blocked, ComponentState, IndexArchive, Observed, UnitAction
 from datasetd.observe import observe, observe_component, observe_unit, space_report
 from datasetd.planning import is_ready, plan, space_needs
 from datasetd.sources.base import Source
@@ -167,7 +167,8 @@ class Executor:
         now = time.monotonic()
         for action in plan(self.manifest, Observed(self.observed)):
             key = action.key
-            if key in busy or key in self.failed or self.delayed.get(key, 0) > now:
+            blocked = key in self.failed or (action.component, "") in self.failed
+            if key in busy or blocked or self.delayed.get(key, 0) > now:
                 continue
             self.delayed.pop(key, None)
             if isinstance(action, Blocked):
@@ -189,6 +190,15 @@ class Executor:
                 self.pending_commit.setdefault(action.component, []).append(
                     (getattr(action, "unit", ""), time.monotonic()))
         self._refresh(action)
+        if isinstance(action, IndexArchive) and action.key not in self.failed:
+            self._recheck_space(action)
+
+    def _recheck_space(self, action: Action) -> None:
+        """The index now knows the exact bytes and inodes: refuse before the first write."""
+        try:
+            check_space(self.manifest, Observed(self.observed))
+        except NoSpace as e:
+            self._fail(action, str(e))
 
     def _failed_step(self, action: Action, exc: BaseException) -> None:
         err = classify(exc, action)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasetd.errors import PermanentError
 from datasetd.model import Journal, UnitIndex
 
 FileRecord = tuple[str, int, str]
@@ -83,20 +84,31 @@ class JournalDB:
         self.db.close()
 
     @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A journal that cannot be written stops the run: nothing may proceed unrecorded."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            raise PermanentError(f"{self.path}: the journal cannot be written ({e}); free space on its "
+                                 "filesystem (or fix its permissions) and run again: verified data is kept") from e
+
+    @contextmanager
     def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         # durable: the commit reaches the disk before we return, because a delete follows it
-        if durable:
-            self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        finally:
+        with self._guard():
             if durable:
-                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            finally:
+                if durable:
+                    self.db.execute("PRAGMA synchronous=NORMAL")
 
     # ---- archives ------------------------------------------------------------------------
 
@@ -169,6 +181,10 @@ class JournalDB:
     # ---- steps: the record of work done, so a no-op can be proved ------------------------
 
     def step(self, component: str, unit: str, action: str, outcome: str, detail: str = "") -> None:
+        with self._guard():
+            self._step(component, unit, action, outcome, detail)
+
+    def _step(self, component: str, unit: str, action: str, outcome: str, detail: str) -> None:
         self.db.execute("INSERT INTO step (at, component, unit, action, outcome, detail) VALUES (?,?,?,?,?,?)",
                         (time.time(), component, unit, action, outcome, detail))
 

@@ -34,6 +34,7 @@ EVENTS: dict[str, str] = {
     "tree.adopted": "an existing directory matched its flat tar and was adopted",
     "tree.replaced": "a directory that did not match its flat tar was replaced",
     "tree.verified": "a flat tar's directory was re-read, matched, and flushed to disk",
+    "status.unwritable": "status.json could not be written (full disk?); work goes on, status resumes later",
     "step.failed": "an action failed permanently; the message says what to do",
     "step.retrying": "an action failed temporarily and will be retried after a delay",
     "verify.mismatch": "deep verification found a file that differs from its record",
@@ -64,12 +65,22 @@ EVENTS: dict[str, str] = {
 }
 
 
+class _Stderr:
+    """Whatever sys.stderr is at write time (tests and daemons may swap it after configure)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: TextIO | None = None) -> None:
-    out = stream or sys.stderr
+    out: Any = stream or _Stderr()
     # httpx logs full request URLs at INFO; a signed query string must never reach a log.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    use_json = json if json is not None else not out.isatty()
+    use_json = json if json is not None else not (stream or sys.stderr).isatty()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

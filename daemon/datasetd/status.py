@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from datasetd import __version__
 from datasetd.durable import write_text_fast
 from datasetd.manifest import Manifest
@@ -77,6 +79,7 @@ class StatusBoard:
         self._rates = {name: _Rate() for name in manifest.components}
         self._lock = threading.Lock()
         self._written = 0.0
+        self._write_failed = False
         self.extra: dict[str, Any] = {}
 
     def reset(self, manifest: Manifest) -> None:
@@ -118,7 +121,16 @@ class StatusBoard:
         self._written = now
         text = json.dumps(self.snapshot(), indent=2, sort_keys=True) + "\n"
         with self._lock:  # one writer at a time: temp names are unique, but order matters
-            write_text_fast(self.path, text)
+            try:
+                write_text_fast(self.path, text)
+            except OSError as e:
+                # Status is a view, not state: a full disk must not stop the work it reports.
+                if not self._write_failed:
+                    structlog.get_logger("datasetd").warning("status.unwritable", path=str(self.path),
+                                                             error=e.strerror)
+                self._write_failed = True
+            else:
+                self._write_failed = False
 
 
 def read(path: Path) -> dict[str, Any] | None:
