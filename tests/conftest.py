@@ -90,6 +90,21 @@ def tree_digest(path: Path) -> dict[str, str]:
     return out
 
 
+def journal_units(root: Path, state: str, component: str | None = None) -> set[str]:
+    """Units the journal holds in `state`; empty if the journal or its schema is not there yet."""
+    db = root / ".datasetd/journal.sqlite"
+    if not db.exists():
+        return set()
+    sql, args = "SELECT unit FROM unit WHERE state=?", [state]
+    if component is not None:
+        sql, args = sql + " AND component=?", [state, component]
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return {r[0] for r in conn.execute(sql, args)}
+    except sqlite3.OperationalError:  # killed before the schema was written
+        return set()
+
+
 def gnu_tar_extract(archive: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)

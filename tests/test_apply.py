@@ -233,3 +233,18 @@ def test_second_apply_on_the_same_root_is_refused(dataset: Dataset) -> None:
 
     with RootLock(dataset.root):
         assert dataset.run("apply") == 2
+
+
+def test_lost_journal_is_rebuilt_by_proving_folders_not_by_trusting_them(dataset: Dataset) -> None:
+    assert dataset.run("apply") == 0
+    for p in (dataset.root / ".datasetd").glob("journal.sqlite*"):
+        p.unlink()
+    victim = sorted((dataset.root / "train" / WNIDS[5]).glob("*.JPEG"))[0]
+    good = victim.read_bytes()
+    victim.write_bytes(bytes([good[0] ^ 1]) + good[1:])  # same size: only a byte comparison sees it
+    assert dataset.run("apply") == 0
+    kinds = [s[2] for s in dataset.steps()]
+    assert kinds.count("AdoptUnit") == len(WNIDS) + 1  # every class plus val, each compared with its tar
+    replaced = [s for s in dataset.steps() if s[2] == "AdoptUnit"]
+    assert len(replaced) == len(WNIDS) + 1
+    assert victim.read_bytes() == good, "the folder that did not match its tar was replaced"

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
-from conftest import datasetd_cmd, gnu_tar_extract, sha256, tree_digest, write_manifest
+from conftest import datasetd_cmd, gnu_tar_extract, journal_units, sha256, tree_digest, write_manifest
 from datasetd.demo import build_train
 
 WNIDS = [f"n{9000000 + i:08d}" for i in range(48)]
 
 
 def verified_units(root: Path) -> set[str]:
-    db_path = root / ".datasetd/journal.sqlite"
-    if not db_path.exists():
-        return set()
-    with sqlite3.connect(db_path) as db:
-        return {r[0] for r in db.execute("SELECT unit FROM unit WHERE state='verified'")}
+    return journal_units(root, "verified")
 
 
 def check_invariant(train: Path, reference: dict[str, dict[str, str]], root: Path) -> None:

@@ -8,14 +8,13 @@ largest count seen hits every point of every process.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import datasetd_cmd, gnu_tar_extract, sha256, tree_digest, write_manifest
+from conftest import datasetd_cmd, gnu_tar_extract, journal_units, sha256, tree_digest, write_manifest
 from datasetd.demo import build_train, build_val
 
 WNIDS = ["n01000001", "n01000002", "n01000003", "n01000004"]
@@ -81,15 +80,7 @@ def max_calls_per_process(log: Path) -> int:
 
 def check_invariant(root: Path, ref_train: dict[str, str]) -> None:
     train = root / "train"
-    db = root / ".datasetd/journal.sqlite"
-    verified: set[str] = set()
-    if db.exists():
-        with sqlite3.connect(db) as conn:
-            try:
-                rows = conn.execute("SELECT unit FROM unit WHERE component='train' AND state='verified'")
-                verified = {r[0] for r in rows}
-            except sqlite3.OperationalError:  # killed before the schema was written
-                verified = set()
+    verified = journal_units(root, "verified", "train")
     on_disk = tree_digest(train) if train.exists() else {}
     for w in WNIDS:
         folder = {k: v for k, v in on_disk.items() if k.startswith(f"{w}/")}

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import datasetd_cmd, gnu_tar_extract, sha256, tree_digest, write_manifest
+from conftest import datasetd_cmd, gnu_tar_extract, journal_units, sha256, tree_digest, write_manifest
 from datasetd import cli
 from datasetd.demo import build_train
 
@@ -133,14 +132,7 @@ def _wait_for_extracted(root: Path, proc: subprocess.Popen[str]) -> None:
 
 
 def _units(root: Path, state: str) -> set[str]:
-    db = root / ".datasetd/journal.sqlite"
-    if not db.exists():
-        return set()
-    try:
-        with sqlite3.connect(db, timeout=5) as conn:
-            return {r[0] for r in conn.execute("SELECT unit FROM unit WHERE state=?", (state,))}
-    except sqlite3.OperationalError:
-        return set()
+    return journal_units(root, state)
 
 
 def _fill(path: Path) -> None:

@@ -86,15 +86,9 @@ def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, arc
     problem = None
     try:
         with tarfile.open(fileobj=inner_reader, mode="r|", bufsize=CHUNK) as inner:
-            names: set[str] = set()
-            for m in inner:
-                rel = check_member(label, m, "/nonexistent")
-                if rel in names:
-                    raise HostileArchive(label, m.name, "duplicate member name")
-                names.add(rel)
-                files, dirs, total = files + m.isreg(), dirs + m.isdir(), total + m.size * m.isreg()
+            files, dirs, total = _tally(inner, label, member.size)
     except PermanentError as e:
-        problem = str(e)
+        problem = str(e)  # this class is refused; the others go on
     except (tarfile.TarError, EOFError) as e:
         problem = str(CorruptArchive(label, f"unreadable class tar: {e}"))
     inner_reader.drain()
@@ -103,22 +97,29 @@ def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, arc
 
 
 def _index_flat(reader: HashingReader, archive: str, max_bytes: int) -> UnitIndex:
-    files = dirs = total = 0
-    names: set[str] = set()
     with _reading(archive):
         tf = open_stream(reader, archive)
         with tf:
-            for m in tf:
-                rel = check_member(archive, m, "/nonexistent")
-                if rel in names:
-                    raise HostileArchive(archive, m.name, "duplicate member name")
-                names.add(rel)
-                files, dirs, total = files + m.isreg(), dirs + m.isdir(), total + m.size * m.isreg()
-                if total > max_bytes:
-                    raise HostileArchive(archive, m.name, f"archive expands beyond {max_bytes} bytes "
-                                         "(a decompression bomb?)")
+            files, dirs, total = _tally(tf, archive, max_bytes)
         reader.drain()
-    return UnitIndex(FLAT, 0, reader.count, "", files, dirs, total)
+    # the unit's bytes are the whole archive, so extraction re-checks the archive's digest
+    return UnitIndex(FLAT, 0, reader.count, reader.hexdigest(), files, dirs, total)
+
+
+def _tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, int]:
+    """Check every member (names, types, duplicates) and count files, dirs and bytes."""
+    files = dirs = total = 0
+    names: set[str] = set()
+    for m in tf:
+        rel = check_member(label, m, "/nonexistent")
+        if rel in names:
+            raise HostileArchive(label, m.name, "duplicate member name")
+        names.add(rel)
+        files, dirs, total = files + m.isreg(), dirs + m.isdir(), total + m.size * m.isreg()
+        if total > max_bytes:
+            raise HostileArchive(label, m.name, f"members add up to more than {max_bytes} bytes "
+                                 "(a decompression bomb, or a header that lies about its size)")
+    return files, dirs, total
 
 
 @contextlib.contextmanager
