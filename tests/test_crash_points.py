@@ -10,12 +10,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import datasetd_cmd, gnu_tar_extract, journal_units, sha256, tree_digest, write_manifest
+from conftest import datasetd_cmd, gnu_tar_extract, journal_units, make_tar, sha256, tree_digest, write_manifest
 from datasetd.demo import build_train, build_val
+from http_server import FaultServer
 
 WNIDS = ["n01000001", "n01000002", "n01000003", "n01000004"]
 FAMILIES = {
@@ -27,7 +29,16 @@ FAMILIES = {
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 
 
-def make_initial(base: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
+DEVKIT = make_tar([(f"devkit/data/file{i}.txt", bytes([i]) * (3000 + i)) for i in range(20)])
+
+
+@pytest.fixture(scope="module")
+def devkit_url() -> Iterator[str]:
+    with FaultServer(files={"/devkit.tar": DEVKIT}) as server:
+        yield server.url("/devkit.tar")
+
+
+def make_initial(base: Path, devkit_url: str) -> tuple[Path, dict[str, str], dict[str, str]]:
     """A root in the manual recipe's mid-way state: some class tars split, one untarred and marked."""
     root = base / "root"
     train = root / "train"
@@ -59,6 +70,15 @@ path = "val.tar"
 sha256 = "{sha256(val)}"
 unpack = "tar"
 into = "val"
+
+[components.devkit]
+source = "http"
+url = "{devkit_url}"
+file = "downloads/devkit.tar"
+sha256 = "{sha256(DEVKIT)}"
+unpack = "tar"
+into = "devkit"
+keep_archive = false
 """, workers=2)
     return root, ref_train, ref_val
 
@@ -93,18 +113,19 @@ def check_invariant(root: Path, ref_train: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("family", ["rename", "unlink", "flush"])
-def test_kill_at_every_point_then_converge(tmp_path: Path, family: str) -> None:
-    sweep(tmp_path, family)
+def test_kill_at_every_point_then_converge(tmp_path: Path, family: str, devkit_url: str) -> None:
+    sweep(tmp_path, family, devkit_url)
 
 
 @pytest.mark.slow
-def test_kill_at_every_state_write_then_converge(tmp_path: Path) -> None:
-    sweep(tmp_path, "state-write")
+def test_kill_at_every_state_write_then_converge(tmp_path: Path, devkit_url: str) -> None:
+    sweep(tmp_path, "state-write", devkit_url)
 
 
-def sweep(tmp_path: Path, family: str) -> None:
+def sweep(tmp_path: Path, family: str, devkit_url: str) -> None:
     pristine = tmp_path / "pristine"
-    _root, ref_train, ref_val = make_initial(pristine)
+    _root, ref_train, ref_val = make_initial(pristine, devkit_url)
+    ref_devkit = tree_digest(gnu_tar_extract(_write(tmp_path / "devkit.tar", DEVKIT), tmp_path / "refdevkit"))
     probe = tmp_path / "probe"
     shutil.copytree(pristine, probe, symlinks=True)
     (probe / "m.toml").write_text((pristine / "m.toml").read_text().replace(str(pristine), str(probe)))
@@ -126,6 +147,13 @@ def sweep(tmp_path: Path, family: str) -> None:
         check_invariant(work / "root", ref_train)
         assert tree_digest(work / "root/train") == ref_train, f"kill at {family} #{n}: train differs"
         assert tree_digest(work / "root/val") == ref_val, f"kill at {family} #{n}: val differs"
+        assert tree_digest(work / "root/devkit") == ref_devkit, f"kill at {family} #{n}: devkit differs"
+        assert not (work / "root/downloads/devkit.tar").exists(), "the verified download was not deleted"
         shutil.rmtree(work)
     assert killed >= 1, f"no run was interrupted by the {family} sweep"
     print(f"{family}: {points} kill points, {killed} runs interrupted, all converged")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

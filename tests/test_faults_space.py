@@ -144,3 +144,42 @@ def _fill(path: Path) -> None:
                 f.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC
+
+
+def test_disk_filled_during_a_download_keeps_the_part_and_resumes(tmp_path: Path) -> None:
+    from http_server import FaultServer
+
+    data = os.urandom(3 << 20)
+    with tmpfs(tmp_path / "fs", "6m") as root, FaultServer(files={"/big.bin": data}) as server:
+        server.throttle("/big.bin", 1 << 20)
+        m = write_manifest(tmp_path / "m.toml", root, f"""
+[components.big]
+source = "http"
+url = "{server.url('/big.bin')}"
+file = "downloads/big.bin"
+size = {len(data)}
+sha256 = "{sha256(data)}"
+""")
+        proc = subprocess.Popen([*datasetd_cmd(), "--log-format", "json", "apply", str(m)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        part = root / "downloads/big.bin.part"
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_blocks > 0):
+            assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        filler = root / "someone-elses-file"
+        _fill(filler)
+        os.killpg(proc.pid, signal.SIGCONT)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err[-2000:]
+        assert "Traceback" not in err and str(root) in err.splitlines()[-1], err[-2000:]
+        assert part.exists() and not (root / "downloads/big.bin").exists()
+        filler.unlink()
+        server.throttle("/big.bin", None)
+        assert cli.main(["apply", str(m)]) == 0
+        assert (root / "downloads/big.bin").read_bytes() == data
+        # The .part is preallocated, so the download itself cannot hit ENOSPC half way; whatever
+        # failed first (the journal, the status), no byte was fetched twice.
+        sent = sum(r.sent for r in server.requests("/big.bin", "GET"))
+        assert sent <= len(data) * 1.05, f"{sent} bytes sent for a {len(data)}-byte file: the part was not kept"

@@ -303,7 +303,9 @@ class Executor:
             if is_ready(comp, self.observed.get(comp.name)):
                 out.ready.append(comp.name)
             elif comp.name not in out.failed and not out.stopped:
-                out.failed[comp.name] = "did not converge (waiting on a failed dependency?)"
+                waiting = [d for d in comp.after if not is_ready(self.manifest.components[d], self.observed.get(d))]
+                out.failed[comp.name] = (f"not started: waits for {', '.join(waiting)} (components.{comp.name}.after)"
+                                         if waiting else "did not converge; run again or see the log")
         self.board.state = "stopped" if out.stopped else ("converged" if out.ok else "failed")
         self.board.write(force=True)
         event = "apply.converged" if out.ok else ("apply.stopped" if out.stopped else "apply.failed")
