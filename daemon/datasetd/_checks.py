@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_INT = 2**63 - 1
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_duration(value: str) -> float | None:
@@ -46,7 +48,9 @@ class Reader:
         self.data = data
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
+        # Quoted like JSON unless bare, so an odd key keeps the message on one line and is never empty.
+        shown = name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+        return f"{self.prefix}.{shown}" if self.prefix else shown
 
     def keys(self) -> list[str]:
         return list(self.data)

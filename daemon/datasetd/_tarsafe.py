@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 import tarfile
-from typing import IO
+from typing import IO, Protocol, cast
 
-from datasetd.errors import HostileArchive
+from datasetd.errors import CorruptArchive, HostileArchive
 
 MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
 MAX_PATH_BYTES = 4000  # whole relative name, below PATH_MAX with room for the target dir
+MAX_MTIME = 2.0**62  # seconds either side of 1970; beyond time_t os.utime raises instead of refusing
+MAX_META_BYTES = 1 << 20  # a pax or GNU long-name record, which tarfile reads whole into memory
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CLASS_TAR_RE = re.compile(r"^(?!Z_)(?!\.)([A-Za-z0-9][A-Za-z0-9._-]{0,200})\.tar$")
 
@@ -49,6 +52,8 @@ def check_member(archive: str, member: tarfile.TarInfo, dest: str) -> str:
         raise HostileArchive(archive, member.name, "sparse members are not supported")
     if member.size < 0:
         raise HostileArchive(archive, member.name, "negative size")
+    if not math.isfinite(member.mtime) or abs(member.mtime) > MAX_MTIME:
+        raise HostileArchive(archive, member.name, f"modification time {member.mtime} is out of range")
     try:
         tarfile.data_filter(member, dest)
     except tarfile.FilterError as e:
@@ -108,11 +113,64 @@ class HashingReader(io.RawIOBase):
         return self.hashes[algo].hexdigest()
 
 
-def open_stream(reader: HashingReader, archive: str) -> tarfile.TarFile:
-    """A streaming reader: members in order, no seeking, any compression tarfile knows."""
-    try:
-        return tarfile.open(fileobj=reader, mode="r|*", bufsize=1 << 20)
-    except tarfile.TarError as e:
-        from datasetd.errors import CorruptArchive
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
 
+
+class TailCheck(io.RawIOBase):
+    """Passes bytes through and remembers where the last non-zero byte ended: the end-of-archive check."""
+
+    def __init__(self, f: Readable) -> None:
+        super().__init__()
+        self._f = f
+        self.count = 0
+        self.data_end = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        kept = len(data.rstrip(b"\0"))
+        if kept:
+            self.data_end = self.count + kept
+        self.count += len(data)
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def check_end(self, archive: str, end: int) -> None:
+        """`end` is where tarfile stopped reading members. A tar ends with two zero blocks and only
+        zeros after them; tarfile also stops, silently, at a cut header or a damaged one."""
+        while self.read(1 << 20):
+            pass
+        if self.data_end > end or self.count < end + 2 * tarfile.BLOCKSIZE:
+            raise CorruptArchive(archive, f"no end-of-archive marker after byte {end}: truncated or damaged")
+
+
+_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+               tarfile.SOLARIS_XHDTYPE)
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a pax or long-name record before tarfile reads it whole into memory."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _META_TYPES and self.size > MAX_META_BYTES:
+            # The archive's name is not known here: unpacking._reading adds it.
+            raise HostileArchive("", self.name, f"a {self.size}-byte extended header (at most {MAX_META_BYTES})")
+        return super()._proc_member(tf)  # type: ignore[misc,no-any-return]
+
+
+def open_stream(reader: Readable, archive: str, compressed: bool = True) -> tarfile.TarFile:
+    """A streaming reader: members in order, no seeking, any compression tarfile knows (or none)."""
+    fileobj = cast(IO[bytes], reader)  # tarfile only calls read()
+    try:
+        if compressed:
+            return tarfile.open(fileobj=fileobj, mode="r|*", bufsize=1 << 20, tarinfo=BoundedTarInfo)
+        return tarfile.open(fileobj=fileobj, mode="r|", bufsize=1 << 20, tarinfo=BoundedTarInfo)
+    except tarfile.TarError as e:
         raise CorruptArchive(archive, f"not a readable tar: {e}") from e

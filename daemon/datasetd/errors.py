@@ -75,7 +75,7 @@ class HostileArchive(PermanentError):
         self.member = member
         self.reason = reason
         super().__init__(
-            f"{archive}: member {member!r} refused: {reason}; "
+            f"{archive}: member {_shown(member)} refused: {reason}; "
             "nothing was written outside the target, remove or replace the archive"
         )
 
@@ -103,6 +103,12 @@ class TemporaryError(DatasetdError):
     def __init__(self, message: str, delay: float = 30.0) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+def _shown(name: str, limit: int = 200) -> str:
+    """A member name as messages show it: quoted, escaped, and cut short when a header made it huge."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(name)} characters)"
 
 
 def _rebuild(cls: type[DatasetdError], args: tuple[object, ...], state: dict[str, object]) -> DatasetdError:

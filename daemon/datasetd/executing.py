@@ -175,7 +175,12 @@ class Executor:
                 self._fail(action, action.reason)
                 continue
             busy.add(key)
-            self.inflight[self.steps.submit(action)] = action
+            try:
+                future = self.steps.submit(action)
+            except Exception as exc:  # noqa: BLE001 - a step that cannot start (a size pin) fails like any step
+                future = cf.Future()
+                future.set_exception(exc)
+            self.inflight[future] = action
 
     def _complete(self, future: cf.Future[Any]) -> None:
         action = self.inflight.pop(future)

@@ -158,9 +158,9 @@ def parse(raw: bytes, path: Path) -> Manifest:
     comps_reader = top.table("components")
     components: dict[str, Component] = {}
     for name in comps_reader.keys():  # noqa: SIM118 (Reader is not a mapping)
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):  # match() would let a trailing newline through `$`
             raise ManifestError(
-                fname, f"components.{name}", "invalid component name",
+                fname, comps_reader.key(name), "invalid component name",
                 "use letters, digits, '_' and '-', starting with a letter or digit",
             )
         components[name] = _component(comps_reader.table(name), name, root)
@@ -170,6 +170,7 @@ def parse(raw: bytes, path: Path) -> Manifest:
         raise ManifestError(fname, "components", "no components", "add a [components.NAME] table")
     _check_graph(fname, components)
     _check_targets(fname, components)
+    _check_archives(fname, components)
     return Manifest(
         path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest(), root=root,
         daemon=daemon, torrent=torrent, components=components,
@@ -183,6 +184,8 @@ def _root(top: Reader, manifest_path: Path) -> Path:
     if not root.is_absolute():
         root = manifest_path.resolve().parent / root
     root = Path(os.path.normpath(root))
+    if str(root).startswith("//"):  # POSIX leaves a leading `//` implementation-defined; on Linux it is `/`
+        root = Path("/" + str(root).lstrip("/"))
     if root == Path("/") or (root.parent == Path("/") and root.name in _SYSTEM_DIRS):
         raise ManifestError(
             top.file, "root", f"{root} is a system directory", "use a dedicated data directory"
@@ -369,6 +372,18 @@ def _check_targets(fname: str, comps: Mapping[str, Component]) -> None:
             if a == b or a.is_relative_to(b) or b.is_relative_to(a):
                 raise ManifestError(fname, ka, f"{a} overlaps {kb} ({b})",
                                     "give every component its own directory and file")
+
+
+def _check_archives(fname: str, comps: Mapping[str, Component]) -> None:
+    """A file archive inside an `into` is deleted when that directory, or a class folder in it, is replaced."""
+    for c in comps.values():
+        if not isinstance(c.source, FileSource):
+            continue
+        for other in comps.values():
+            if other.into is not None and c.archive.is_relative_to(other.into):
+                raise ManifestError(fname, f"components.{c.name}.path",
+                                    f"{c.archive} is inside components.{other.name}.into ({other.into}), "
+                                    "which datasetd replaces", "keep archives outside every into directory")
 
 
 def _archive_key(c: Component) -> str:

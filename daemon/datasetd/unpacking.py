@@ -8,18 +8,21 @@ so nothing in an archive can reach outside it.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from datasetd._fswalk import list_files
-from datasetd._tarsafe import CLASS_TAR_RE, HashingReader, check_member, open_stream
+from datasetd._tarsafe import CLASS_TAR_RE, HashingReader, Readable, TailCheck, check_member, open_stream
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError
 from datasetd.model import FLAT, Origin, UnitIndex
 
@@ -48,7 +51,7 @@ def index_archive(path: Path, unpack: str, max_expansion: int = 1000) -> IndexRe
         if unpack == "class-tars":
             units = _index_class_tars(reader, str(path))
         elif unpack == "tar":
-            units = [_index_flat(reader, str(path), st.st_size * max_expansion)]
+            units = [_index_flat(reader, str(path), st.st_size * max_expansion, _magic(path))]
         else:
             reader.drain()
             units = []
@@ -62,7 +65,8 @@ def index_archive(path: Path, unpack: str, max_expansion: int = 1000) -> IndexRe
 def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
     units: list[UnitIndex] = []
     seen: set[str] = set()
-    with _reading(archive), tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as outer:
+    tail = TailCheck(reader)
+    with _reading(archive), open_stream(tail, archive, compressed=False) as outer:
         for member in outer:
             if member.isdir():
                 continue
@@ -73,6 +77,7 @@ def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
             name = match.group(1)
             seen.add(name)
             units.append(_index_class(outer, member, name, archive))
+        tail.check_end(archive, outer.offset)
         reader.drain()
     return units
 
@@ -84,9 +89,11 @@ def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, arc
     label = f"{archive}:{member.name}"
     files = dirs = total = 0
     problem = None
+    tail = TailCheck(inner_reader)
     try:
-        with tarfile.open(fileobj=inner_reader, mode="r|", bufsize=CHUNK) as inner:
+        with _reading(label), open_stream(tail, label, compressed=False) as inner:
             files, dirs, total = _tally(inner, label, member.size)
+            tail.check_end(label, inner.offset)
     except PermanentError as e:
         problem = str(e)  # this class is refused; the others go on
     except (tarfile.TarError, EOFError) as e:
@@ -96,11 +103,37 @@ def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, arc
                      files, dirs, total, problem)
 
 
-def _index_flat(reader: HashingReader, archive: str, max_bytes: int) -> UnitIndex:
-    with _reading(archive):
-        tf = open_stream(reader, archive)
-        with tf:
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(6)
+
+
+def _decompressing(reader: HashingReader, magic: bytes) -> Readable:
+    """The stdlib's own readers: unlike tarfile's stream they check the trailer (length, CRC), so a
+    compressed tar cut short is an error rather than a shorter tar."""
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=reader, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(reader)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(cast(IO[bytes], reader))
+    return reader
+
+
+@contextlib.contextmanager
+def _decoding(archive: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, lzma.LZMAError) as e:  # the index only reads: bad gzip/bz2/xz data, or a read error
+        raise CorruptArchive(archive, f"unreadable compressed data ({e})") from e
+
+
+def _index_flat(reader: HashingReader, archive: str, max_bytes: int, magic: bytes) -> UnitIndex:
+    with _reading(archive), _decoding(archive):
+        tail = TailCheck(_decompressing(reader, magic))
+        with open_stream(tail, archive, compressed=False) as tf:
             files, dirs, total = _tally(tf, archive, max_bytes)
+            tail.check_end(archive, tf.offset)
         reader.drain()
     # the unit's bytes are the whole archive, so extraction re-checks the archive's digest
     return UnitIndex(FLAT, 0, reader.count, reader.hexdigest(), files, dirs, total)
@@ -126,6 +159,10 @@ def _tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, i
 def _reading(archive: str) -> Iterator[None]:
     try:
         yield
+    except HostileArchive as e:
+        if e.archive:
+            raise
+        raise HostileArchive(archive, e.member, e.reason) from e  # raised by a header: name the archive
     except (tarfile.TarError, EOFError) as e:
         raise CorruptArchive(archive, f"unreadable tar ({e}); it may be truncated") from e
 
