@@ -116,7 +116,9 @@ def default_sources(manifest: Manifest) -> dict[str, Source]:
 def current_status(manifest: Manifest) -> dict[str, Any]:
     """The daemon's status.json while one runs; otherwise computed from disk and journal."""
     data = status_mod.read(manifest.state_dir / "status.json")
-    if data and data.get("state") == "running" and status_mod.pid_alive(int(data.get("pid", 0))):
+    # `datasetd run` stays up once converged (or failed): while its pid lives its file is the truth,
+    # and only it knows manifest_error, pass_error and the metrics address.
+    if data and data.get("state") != "stopped" and status_mod.pid_alive(int(data.get("pid") or 0)):
         return data
     journal = open_journal(manifest, create=False)
     observed = observe(manifest, journal)
@@ -138,14 +140,17 @@ def status(manifest: Manifest, as_json: bool = False, watch: bool = False) -> in
     while True:
         snap = current_status(manifest)
         if as_json:
-            print(json.dumps(snap, indent=2, sort_keys=True))
+            print(json.dumps(snap, indent=2, sort_keys=True), flush=True)
         else:
             if watch:
                 print("\x1b[2J\x1b[H", end="")
-            print(render_status(snap))
+            print(render_status(snap), flush=True)
         if not watch:
             break
-        time.sleep(1.0)
+        try:
+            time.sleep(1.0)
+        except KeyboardInterrupt:  # Ctrl-C is how a watch ends: not a failure
+            return 0
     converged = all(c["phase"] in ("ready", "disabled") for c in snap["components"].values())
     return 0 if converged else 1
 
@@ -153,6 +158,10 @@ def status(manifest: Manifest, as_json: bool = False, watch: bool = False) -> in
 def render_status(snap: dict[str, Any]) -> str:
     lines = [f"datasetd {snap.get('version')}  root {snap.get('root')}  state {snap.get('state')}"
              f"  updated {snap.get('updated')}"]
+    for key, label in (("manifest_error", "manifest edit rejected, the last good one runs"),
+                       ("pass_error", "last pass aborted")):
+        if snap.get(key):
+            lines.append(f"  {label}: {snap[key]}")
     for name, c in sorted(snap["components"].items()):
         total = c.get("bytes_total") or 0
         frac = (c.get("bytes_done", 0) / total) if total else (1.0 if c["phase"] == "ready" else 0.0)

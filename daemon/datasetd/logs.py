@@ -62,6 +62,16 @@ EVENTS: dict[str, str] = {
     "daemon.reloaded": "the manifest was reloaded (edit or SIGHUP)",
     "daemon.reload_failed": "an edited manifest was invalid; the last good one keeps running",
     "daemon.stopping": "SIGTERM/SIGINT received; stopping within stop_timeout",
+    "daemon.stopped": "`datasetd run` stopped cleanly; status.json says \"stopped\"",
+    "daemon.stalled": "the running job showed no sign of life for 10 minutes; watchdog pings withheld",
+    "daemon.stop_overran": "a job outlived stop_timeout + 5 s; the daemon exits anyway (every step survives a kill)",
+    "apply.aborted": "a reconcile pass raised (e.g. no space); the daemon stays up and retries on the next trigger",
+    "verify.started": "a scheduled deep verification began (units, bytes)",
+    "verify.finished": "a deep verification ended (units checked, mismatched, stopped early or not)",
+    "verify.aborted": "a deep verification raised; the next scheduled one tries again",
+    "metrics.started": "the Prometheus endpoint listens (address, with port 0 resolved)",
+    "source.close_failed": "a transport's close() raised at shutdown (resume data may be older)",
+    "watch.fell_back": "inotify is unavailable; the manifest is polled every 2 s instead",
 }
 
 

@@ -8,7 +8,11 @@ Schema 1:
       "phase": "pending" | "fetching" | "unpacking" | "verifying" | "ready" | "error" | "disabled",
       "bytes_done": int, "bytes_total": int, "files_done": int, "files_total": int,
       "classes_done": int, "classes_total": int, "rate": float (bytes/s), "eta_seconds": float | null,
-      "last_error": str | null, "detail": {...transport detail: url, peers, health, hint}}}
+      "last_error": str | null, "detail": {...transport detail: url, peers, health, hint}}},
+  written by `datasetd run` only (StatusBoard.extra), each present only when it applies:
+  "manifest_error": str   an edited manifest was rejected (key path, TOML line/column); the last good one runs,
+  "pass_error": str       the last reconcile pass raised before finishing (e.g. no space),
+  "metrics": "HOST:PORT"  where the Prometheus endpoint listens
 }
 """
 

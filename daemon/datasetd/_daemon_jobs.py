@@ -1,0 +1,251 @@
+"""The daemon's two kinds of work, each in a thread of its own: a reconcile pass and a deep verification.
+
+The main loop runs one job at a time, so a deep verification never reads a
+tree that a pass is writing and the two never compete for the disk. A job
+"beats" while it makes its rounds; the main loop withholds systemd's watchdog
+ping from a job that has been silent too long (see daemon.STALL_LIMIT).
+
+Deep verification is throttled, simply and on purpose:
+* one worker process, so it reads one file at a time;
+* that worker runs at nice 10 and at the lowest best-effort I/O priority
+  (`ionice -c2 -n7`): training jobs reading the same disk come first, yet the
+  verification is never starved outright the way the idle class can be;
+* on average at most VERIFY_MAX_RATE bytes/s: after each unit it waits until
+  its bytes fit the rate, so a fast disk whose scheduler ignores I/O priority
+  (`none`, common on NVMe) is not saturated either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.pool
+import os
+import platform
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasetd import logs
+from datasetd.durable import write_text_fast
+from datasetd.executing import Executor, Outcome
+from datasetd.journal import JournalDB
+from datasetd.manifest import Manifest
+from datasetd.model import Journal
+from datasetd.observe import observe
+from datasetd.planning import unit_paths
+from datasetd.sources.base import Source
+from datasetd.status import StatusBoard
+from datasetd.verifying import FileRecord, verify_folder
+
+VERIFY_MAX_RATE = 256 * 1024 * 1024  # bytes/s, averaged per unit
+VERIFY_NICE = 10
+_IOPRIO_CLASS_BE, _IOPRIO_LOWEST, _IOPRIO_WHO_PROCESS = 2, 7, 1
+_SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314, "ppc64le": 273, "s390x": 282,
+                   "riscv64": 30}
+
+
+class Job:
+    """One job in a daemon thread; `done` is called from that thread when it ends, however it ends."""
+
+    def __init__(self, kind: str, manifest: Manifest, target: Callable[[Job], object],
+                 done: Callable[[], None]) -> None:
+        self.kind = kind
+        self.manifest = manifest
+        self.stop = threading.Event()
+        self.beat = time.monotonic()
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.executor: Executor | None = None
+        self._target = target
+        self._done = done
+        # A daemon thread: a job wedged past stop_timeout must not keep the process from exiting.
+        self._thread = threading.Thread(target=self._main, name=f"datasetd-{kind}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def touch(self) -> None:
+        self.beat = time.monotonic()
+
+    def _main(self) -> None:
+        try:
+            self.result = self._target(self)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main loop, which logs it
+            self.error = exc
+        finally:
+            self._done()
+
+
+# ---- reconcile -------------------------------------------------------------------------------
+
+
+class _DaemonExecutor(Executor):
+    """An Executor that beats once per round of its loop and says when it has made its first plan."""
+
+    def __init__(self, manifest: Manifest, journal: JournalDB, board: StatusBoard, *,
+                 sources: Mapping[str, Source], job: Job, planned: Callable[[], None]) -> None:
+        super().__init__(manifest, journal, board, sources=sources, stop=job.stop)
+        self._job = job
+        self._planned: Callable[[], None] | None = planned
+
+    def _submit_ready(self) -> None:
+        super()._submit_ready()
+        self._job.touch()
+        if self._planned is not None:
+            planned, self._planned = self._planned, None
+            planned()
+
+
+def reconcile(job: Job, board: StatusBoard, sources: Mapping[str, Source],
+              planned: Callable[[], None]) -> Outcome:
+    """One pass over job.manifest; the journal is opened in this thread, which alone uses it."""
+    journal = JournalDB(job.manifest.state_dir)
+    try:
+        job.executor = _DaemonExecutor(job.manifest, journal, board, sources=sources, job=job, planned=planned)
+        return job.executor.run()
+    finally:
+        journal.close()
+
+
+# ---- deep verification -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unit:
+    component: str
+    name: str
+    folder: Path
+    bytes: int
+
+
+def deep_verify(job: Job) -> int:
+    """Re-hash every recorded unit; forget the record of each that differs. Returns how many differ.
+
+    A forgotten unit is of unknown provenance to the planner, which compares it
+    with its tar or re-extracts it in the next pass (the main loop starts one).
+    """
+    log = logs.get()
+    journal = JournalDB(job.manifest.state_dir)
+    try:
+        units = _recorded_units(job.manifest, journal)
+        log.info("verify.started", units=len(units), bytes=sum(u.bytes for u in units))
+        checked = mismatched = 0
+        with _background_pool(job.stop) as pool:
+            for unit in units:
+                problems = _verify_one(pool, unit, journal.files(unit.component, unit.name), job)
+                if problems is None:
+                    break
+                checked += 1
+                if problems:
+                    mismatched += 1
+                    log.error("verify.mismatch", component=unit.component, unit=unit.name, problems=len(problems),
+                              first=problems[0])
+                    journal.forget_unit(unit.component, unit.name)
+                    journal.step(unit.component, unit.name, "DeepVerify", "mismatch", problems[0])
+                else:
+                    log.debug("verify.clean", component=unit.component, unit=unit.name)
+        log.info("verify.finished", units=checked, mismatched=mismatched, stopped=job.stop.is_set())
+        if not job.stop.is_set():
+            # Not flushed: a power loss can only make the next verification come sooner.
+            write_text_fast(_last_verify_path(job.manifest), f"{time.time():.0f}\n")
+        return mismatched
+    finally:
+        journal.close()
+
+
+def _last_verify_path(manifest: Manifest) -> Path:
+    return manifest.state_dir / "deep_verify.last"
+
+
+def last_deep_verify(manifest: Manifest) -> float | None:
+    """When the last complete deep verification ended (Unix time), so restarts do not postpone the next forever."""
+    try:
+        return float(_last_verify_path(manifest).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _recorded_units(manifest: Manifest, journal: JournalDB) -> list[_Unit]:
+    """Units the journal vouches for; the rest are the reconcile pass's business."""
+    observed = observe(manifest, journal)
+    out: list[_Unit] = []
+    for comp in manifest.enabled():
+        state = observed.components.get(comp.name)
+        if state is None or comp.unpack == "none":
+            continue
+        out.extend(_Unit(comp.name, u.name, unit_paths(comp, u.name).folder, u.index.bytes)
+                   for u in state.units if u.journal is not Journal.NONE)
+    return out
+
+
+def _verify_one(pool: multiprocessing.pool.Pool, unit: _Unit, records: list[FileRecord],
+                job: Job) -> list[str] | None:
+    """The unit's problems, or None when a stop came first."""
+    started = time.monotonic()
+    pending = pool.apply_async(verify_folder, (unit.folder, records))
+    while True:
+        try:
+            problems: list[str] = pending.get(timeout=1.0)
+            break
+        except multiprocessing.TimeoutError:
+            job.touch()  # waiting on a live worker is a sign of life, however slow the disk
+            if job.stop.is_set():
+                return None
+        except OSError as exc:
+            problems = [f"{unit.folder}: cannot read ({exc.strerror or exc})"]
+            break
+    job.touch()
+    _pace(unit.bytes, started, job)
+    return None if job.stop.is_set() else problems
+
+
+def _pace(nbytes: int, started: float, job: Job) -> None:
+    until = started + nbytes / VERIFY_MAX_RATE
+    while not job.stop.is_set() and (left := until - time.monotonic()) > 0:
+        job.stop.wait(min(left, 1.0))
+        job.touch()
+
+
+@contextlib.contextmanager
+def _background_pool(stop: threading.Event) -> Iterator[multiprocessing.pool.Pool]:
+    pool = multiprocessing.get_context("fork").Pool(1, initializer=lower_priority)
+    try:
+        yield pool
+    finally:
+        if stop.is_set():
+            pool.terminate()  # reading only: abandoning a verification loses nothing
+        else:
+            pool.close()
+        pool.join()
+
+
+def lower_priority() -> None:
+    """Make this process a background reader: nice 10, best-effort I/O class at its lowest level.
+
+    Best effort: a kernel or seccomp filter that refuses leaves normal priority.
+    Also dies with its parent and leaves SIGINT to the daemon, like the executor's workers.
+    """
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, max(VERIFY_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+    number = _SYS_IOPRIO_SET.get(platform.machine())
+    if number is not None:
+        value = (_IOPRIO_CLASS_BE << 13) | _IOPRIO_LOWEST
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).syscall(number, _IOPRIO_WHO_PROCESS, 0, value)
+
+
+__all__ = ["VERIFY_MAX_RATE", "Job", "deep_verify", "last_deep_verify", "lower_priority", "reconcile"]
