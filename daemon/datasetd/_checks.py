@@ -183,7 +183,7 @@ class Reader:
 
     def env_name(self, name: str) -> str | None:
         value = self.string(name)
-        if value is not None and not _ENV_RE.match(value):
+        if value is not None and not _ENV_RE.fullmatch(value):
             raise self.fail(name, f"{_show(value)} is not an environment variable name",
                             "name the variable that holds the secret, not the secret")
         return value

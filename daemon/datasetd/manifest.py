@@ -308,7 +308,8 @@ def _source(r: Reader, kind: str, root: Path) -> Source:
     if inner.is_absolute() or ".." in inner.parts:
         raise ManifestError(r.file, r.key("file"), "must be a relative path inside the torrent",
                             "give the file's path as the torrent lists it")
-    save_path = _under_root(r, "save_path", r.string("save_path") or "downloads", root)
+    save_raw = r.string("save_path")
+    save_path = _under_root(r, "save_path", "downloads" if save_raw is None else save_raw, root)
     return TorrentSource(torrent=torrent, file=inner_name, save_path=save_path,
                          web_seeds=r.urls("web_seeds"), mirrors=r.urls("mirrors"))
 

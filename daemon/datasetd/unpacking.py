@@ -70,7 +70,7 @@ def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
         for member in outer:
             if member.isdir():
                 continue
-            match = CLASS_TAR_RE.match(member.name)
+            match = CLASS_TAR_RE.fullmatch(member.name)
             if not member.isreg() or match is None or match.group(1) in seen:
                 raise HostileArchive(archive, member.name, "a class-tars archive may hold only "
                                      "uniquely named plain 'NAME.tar' members at its top level")
