@@ -81,6 +81,7 @@ def test_token_from_the_environment_never_reaches_logs_or_status(tmp_path: Path)
 
 
 def test_demo_runs_every_source_kind_and_converges(tmp_path: Path) -> None:
+    """`make demo`: a local file, a local HTTP server and a local BitTorrent seeder."""
     repo = Path(__file__).resolve().parents[1]
     (tmp_path / "manifests").mkdir()
     shutil.copy(repo / "manifests/demo.toml", tmp_path / "manifests/demo.toml")
@@ -90,7 +91,11 @@ def test_demo_runs_every_source_kind_and_converges(tmp_path: Path) -> None:
     assert "state converged" in done.stdout
     for name in ("train", "val", "devkit"):
         assert f"{name}" in done.stdout
-    assert len(list((tmp_path / ".demo/root/train").iterdir())) == 20
+    root = tmp_path / ".demo/root"
+    assert len(list((root / "train").iterdir())) == 20
+    assert len(list((root / "val").iterdir())) == 100 and len(list((root / "devkit").rglob("*.txt"))) == 3
+    assert list((root / ".datasetd/torrent").glob("*.resume")), "val came over BitTorrent"
+    assert not (root / "downloads/ILSVRC2012_img_val.tar").exists(), "keep_archive = false"
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -92,6 +92,24 @@ unpack = "none"
     assert isinstance(a, Fetch) and a.component == "dev"
 
 
+def test_unverified_download_on_disk_goes_back_to_its_source() -> None:
+    """A torrent writes in place: a present, unrecorded download may be partial; its source resumes it."""
+    m = parse(f"""
+version = 1
+root = "{ROOT}"
+[components.val]
+source = "torrent"
+torrent = "5d6d0df7ed81efd49ca99ea4737e0ae5e3a5f2e5"
+file = "ILSVRC2012_img_val.tar"
+unpack = "tar"
+into = "val"
+""".encode(), Path("/m.toml"))
+    a = only(plan(m, observed(archive=ArchiveState(present=True, size=10), name="val")))
+    assert isinstance(a, Fetch)
+    fetched = ArchiveState(present=True, size=10, verified=True, indexed=False)
+    assert isinstance(only(plan(m, observed(archive=fetched, name="val"))), IndexArchive)
+
+
 def test_nothing_on_disk_extracts_in_place_from_the_archive() -> None:
     a = only(plan(manifest(), observed(unit())))
     assert isinstance(a, ExtractUnit)

@@ -11,8 +11,10 @@ import functools
 import http.server
 import io
 import random
+import socket
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,6 +110,7 @@ def find_manifest(explicit: str | None) -> Path:
 
 
 HTTP_PORT = 47801  # fixed, because manifests/demo.toml names it
+SEED_PORT = 47802  # likewise ([torrent] peers)
 
 
 @contextlib.contextmanager
@@ -127,6 +130,39 @@ def http_server(directory: Path, port: int = HTTP_PORT) -> Iterator[str]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def seeder(data: Path, torrent: Path, ip: str = "127.0.0.1", port: int = SEED_PORT) -> Iterator[str]:
+    """A local BitTorrent seeder for one file (DHT, LSD, UPnP, NAT-PMP and uTP off: loopback only)."""
+    from datasetd.manifest import TorrentSettings
+    from datasetd.sources import _libtorrent
+    from datasetd.sources._torrent_types import AddRequest
+
+    _port_free(ip, port, "the demo's BitTorrent seeder")
+    _libtorrent.make_torrent(data, torrent)
+    settings = TorrentSettings(listen_interfaces=f"{ip}:{port}", dht=False, lsd=False, upnp=False,
+                               natpmp=False, utp=False)
+    session = _libtorrent.Session(settings, stats_interval=1.0)
+    try:
+        key = _libtorrent.read_meta(torrent).key
+        lease = session.add(AddRequest(key=key, save_path=data.parent, resume_path=None, torrent_file=torrent))[0]
+        deadline = time.monotonic() + 30
+        while lease.status().state != "seeding":
+            if time.monotonic() > deadline:
+                raise UsageError(f"{data}: the demo seeder did not start seeding within 30 s")
+            time.sleep(0.05)
+        yield f"{ip}:{port}"
+    finally:
+        session.close(timeout=2.0)
+
+
+def _port_free(ip: str, port: int, who: str) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            raise UsageError(f"{ip}:{port} is busy ({e.strerror}); {who} needs it") from e
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -138,8 +174,10 @@ def main(manifest_arg: str | None) -> int:
     sources = manifest.root / "sources"
     archives = build(sources)
     print(f"demo: {len(archives)} archives in {sources}")
-    with http_server(sources) as url:
-        print(f"demo: serving them at {url} (http components) and as files; applying {path}")
+    torrent = sources / "ILSVRC2012_img_val.torrent"
+    with http_server(sources) as url, seeder(archives["ILSVRC2012_img_val.tar"], torrent) as peer:
+        print(f"demo: train from a local file, val from a BitTorrent seeder at {peer}, "
+              f"the devkit from {url}; applying {path}")
         code = commands.apply(manifest)
     print(commands.render_status(commands.current_status(manifest)))
     return code

@@ -104,9 +104,12 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
 
 
 def _archive_step(comp: Component, archive: ArchiveState) -> Action:
-    if archive.present and not (archive.verified and archive.indexed):
-        # not hashed yet, changed since, or fetched (hashed) but its members never listed
-        return IndexArchive(comp.name, path=comp.archive)
+    if archive.present and archive.verified and not archive.indexed:
+        return IndexArchive(comp.name, path=comp.archive)  # fetched (and hashed), members not listed yet
+    if archive.present and not archive.verified:
+        # A download may be partial (a torrent writes in place) or predate a lost journal: its
+        # source checks what is there and resumes. A file source's archive is hashed as it is.
+        return Fetch(comp.name) if comp.downloaded else IndexArchive(comp.name, path=comp.archive)
     if archive.present:
         # verified and indexed, yet a unit cannot locate its bytes: a bug, not a user error
         return Blocked(comp.name, reason=f"{comp.archive}: archive indexed but a unit has no origin")

@@ -101,7 +101,9 @@ class StatusBoard:
             status = self.components.setdefault(name, ComponentStatus())
             for key, value in fields.items():
                 setattr(status, key, value)
-            if "bytes_done" in fields:
+            if status.phase in ("ready", "disabled"):
+                status.rate, status.eta_seconds = 0.0, None
+            elif "bytes_done" in fields:
                 status.rate = self._rates.setdefault(name, _Rate()).update(status.bytes_done)
                 left = status.bytes_total - status.bytes_done
                 status.eta_seconds = round(left / status.rate, 1) if status.rate > 0 and left > 0 else None
