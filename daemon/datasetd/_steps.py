@@ -57,7 +57,8 @@ class StepRunner:
             return self.threads.submit(self._fetch, comp)
         if isinstance(action, IndexArchive):
             _check_size(comp)
-            return self.procs.submit(unpacking.index_archive, action.path, comp.unpack)
+            return self.procs.submit(unpacking.index_archive, action.path, comp.unpack,
+                                     md5=comp.md5 is not None)
         if isinstance(action, ExtractUnit):
             paths = unit_paths(comp, action.unit)
             return self.procs.submit(unpacking.extract_unit, action.origin, action.folder, action.partial,
@@ -198,7 +199,7 @@ def _check_pins(comp: Component, result: unpacking.IndexResult) -> None:
     if comp.sha256 is not None and result.sha256 != comp.sha256:
         raise DigestMismatch(str(comp.archive), "sha256", comp.sha256, result.sha256, hint)
     if comp.md5 is not None and result.md5 != comp.md5:
-        raise DigestMismatch(str(comp.archive), "md5", comp.md5, result.md5, hint)
+        raise DigestMismatch(str(comp.archive), "md5", comp.md5, str(result.md5), hint)
 
 
 def classify(exc: BaseException, action: Action) -> DatasetdError:

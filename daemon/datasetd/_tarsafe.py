@@ -1,7 +1,12 @@
 """What a tar member may be before datasetd writes it: the strict rules, in one place.
 
 Only regular files and directories, with relative names made of ordinary
-components. tarfile's own `data_filter` runs afterwards as an extra layer.
+components. tarfile's own `data_filter` runs afterwards as an extra layer, on a
+destination that does not exist: its checks are then about names alone (absolute
+paths, escapes, links, special files), and realpath() stops at the first missing
+component instead of walking the real target (which cost 45 % of the index pass
+on small files). The files themselves are created with O_EXCL|O_NOFOLLOW in a
+directory datasetd just made, so nothing on disk can redirect them.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ def safe_name(archive: str, member: tarfile.TarInfo) -> str:
     return name
 
 
-def check_member(archive: str, member: tarfile.TarInfo, dest: str) -> str:
+_FILTER_DEST = "/nonexistent-datasetd-filter-root"
+
+
+def check_member(archive: str, member: tarfile.TarInfo) -> str:
     """Validate type and name; returns the safe relative name."""
     name = safe_name(archive, member)
     if not (member.isreg() or member.isdir()):
@@ -55,7 +63,7 @@ def check_member(archive: str, member: tarfile.TarInfo, dest: str) -> str:
     if not math.isfinite(member.mtime) or abs(member.mtime) > MAX_MTIME:
         raise HostileArchive(archive, member.name, f"modification time {member.mtime} is out of range")
     try:
-        tarfile.data_filter(member, dest)
+        tarfile.data_filter(member, _FILTER_DEST)
     except tarfile.FilterError as e:
         raise HostileArchive(archive, member.name, f"refused by tarfile's data filter: {e}") from e
     return name
@@ -111,6 +119,11 @@ class HashingReader(io.RawIOBase):
 
     def hexdigest(self, algo: str = "sha256") -> str:
         return self.hashes[algo].hexdigest()
+
+
+# tarfile's stream reader copies the unread rest of its buffer on every read() (a 512-byte
+# header included): with 1 MiB that is up to 1 MiB of memcpy per member. 64 KiB measured best.
+TAR_BUFSIZE = 64 * 1024
 
 
 class Readable(Protocol):
@@ -170,7 +183,7 @@ def open_stream(reader: Readable, archive: str, compressed: bool = True) -> tarf
     fileobj = cast(IO[bytes], reader)  # tarfile only calls read()
     try:
         if compressed:
-            return tarfile.open(fileobj=fileobj, mode="r|*", bufsize=1 << 20, tarinfo=BoundedTarInfo)
-        return tarfile.open(fileobj=fileobj, mode="r|", bufsize=1 << 20, tarinfo=BoundedTarInfo)
+            return tarfile.open(fileobj=fileobj, mode="r|*", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo)
+        return tarfile.open(fileobj=fileobj, mode="r|", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo)
     except tarfile.TarError as e:
         raise CorruptArchive(archive, f"not a readable tar: {e}") from e

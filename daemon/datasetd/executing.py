@@ -30,7 +30,17 @@ from datasetd._steps import StepRunner, classify
 from datasetd.errors import NoSpace, TemporaryError
 from datasetd.journal import JournalDB
 from datasetd.manifest import Manifest
-from datasetd.model import Action, Blocked, ComponentState, IndexArchive, Observed, UnitAction
+from datasetd.model import (
+    Action,
+    AdoptUnit,
+    Blocked,
+    ComponentState,
+    ExtractUnit,
+    IndexArchive,
+    Observed,
+    UnitAction,
+    VerifyUnit,
+)
 from datasetd.observe import observe, observe_component, observe_unit, space_report
 from datasetd.planning import is_ready, plan, space_needs
 from datasetd.sources.base import Source
@@ -38,6 +48,7 @@ from datasetd.status import StatusBoard
 from datasetd.summary import summarize
 
 MAX_ATTEMPTS = 3
+_POOLED = (IndexArchive, ExtractUnit, AdoptUnit, VerifyUnit)  # the steps run in worker processes
 
 
 @dataclass
@@ -165,6 +176,10 @@ class Executor:
         busy = {a.key for a in self.inflight.values()}
         busy |= {(c, u) for c, units in self.pending_commit.items() for u, _ in units}
         now = time.monotonic()
+        # A bounded queue: a unit's VerifyUnit then runs right behind its ExtractUnit, while its
+        # bytes are in the page cache, and queued work items (VerifyUnit carries the unit's
+        # whole file list) do not pile up in this process for the length of the archive.
+        pooled = sum(isinstance(a, _POOLED) for a in self.inflight.values())
         for action in plan(self.manifest, Observed(self.observed)):
             key = action.key
             blocked = key in self.failed or (action.component, "") in self.failed
@@ -174,6 +189,10 @@ class Executor:
             if isinstance(action, Blocked):
                 self._fail(action, action.reason)
                 continue
+            if isinstance(action, _POOLED):
+                if pooled >= 2 * self.workers:
+                    continue
+                pooled += 1
             busy.add(key)
             try:
                 future = self.steps.submit(action)

@@ -1,0 +1,97 @@
+"""Bare libtorrent for the BitTorrent row: make a .torrent, seed it, or fetch it (the baseline).
+
+usage: bt.py make FILE DEST PIECE_BYTES
+       bt.py seed TORRENT DATA_DIR LISTEN          (prints "ready" once seeding; stops at EOF on stdin)
+       bt.py fetch TORRENT SAVE_DIR LISTEN PEER    (downloads, closes the session, syncs)
+
+Sessions use datasetd's own settings_pack on a loopback address with DHT,
+LSD, UPnP, NAT-PMP and uTP off, so the fetch baseline differs from datasetd
+only in what datasetd adds around libtorrent.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from datasetd.manifest import TorrentSettings
+
+
+def datasetd_pack(s: TorrentSettings) -> dict[str, object]:
+    """The settings dict datasetd hands libtorrent for `s` (whichever helper this version has)."""
+    from datasetd.sources import _libtorrent
+
+    full = getattr(_libtorrent, "_pack", None)  # settings_pack plus datasetd's alert mask
+    if full is not None:
+        return dict(full(s))
+    fn = _libtorrent.settings_pack
+    args = (s, lt.__version__) if len(inspect.signature(fn).parameters) > 1 else (s,)
+    return dict(fn(*args))
+
+
+def session(listen: str) -> Any:
+    s = TorrentSettings(listen_interfaces=listen, dht=False, lsd=False, upnp=False, natpmp=False, utp=False)
+    return lt.session(datasetd_pack(s))
+
+
+def make(file: Path, dest: Path, piece: int) -> None:
+    ct = lt.create_torrent(lt.list_files(str(file)), piece, flags=lt.create_torrent.v1_only)
+    lt.set_piece_hashes(ct, str(file.parent))
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_bytes(lt.bencode(ct.generate()))
+    os.replace(tmp, dest)
+
+
+def _add(ses: Any, torrent: Path, save: Path, seed: bool) -> Any:
+    p = lt.add_torrent_params()
+    p.ti = lt.torrent_info(str(torrent))
+    p.save_path = str(save)
+    if seed:
+        p.flags |= lt.torrent_flags.seed_mode  # the data is known good: skip the full hash check
+    return ses.add_torrent(p)
+
+
+def seed(torrent: Path, data: Path, listen: str) -> None:
+    ses = session(listen)
+    h = _add(ses, torrent, data, seed=True)
+    while not h.status().is_seeding:
+        time.sleep(0.05)
+    print("ready", flush=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait()
+
+
+def fetch(torrent: Path, save: Path, listen: str, peer: str) -> None:
+    ses = session(listen)
+    h = _add(ses, torrent, save, seed=False)
+    ip, port = peer.rsplit(":", 1)
+    h.connect_peer((ip, int(port)))
+    last_connect = time.monotonic()
+    while not h.status().is_seeding:
+        time.sleep(0.05)
+        if h.status().num_peers == 0 and time.monotonic() - last_connect > 2:
+            h.connect_peer((ip, int(port)))
+            last_connect = time.monotonic()
+    ses.remove_torrent(h)
+    del h, ses  # the session's destructor waits for the disk threads to close the file
+    os.sync()
+
+
+if __name__ == "__main__":
+    cmd, *rest = sys.argv[1:]
+    if cmd == "make":
+        make(Path(rest[0]), Path(rest[1]), int(rest[2]))
+    elif cmd == "seed":
+        seed(Path(rest[0]), Path(rest[1]), rest[2])
+    elif cmd == "fetch":
+        fetch(Path(rest[0]), Path(rest[1]), rest[2], rest[3])
+    else:
+        sys.exit(__doc__)
