@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import ctypes
+import errno
 import multiprocessing
 import signal
 import threading
@@ -234,7 +235,21 @@ class Executor:
                              delay=err.delay, error=str(err))
             self.journal.step(action.component, key[1], action.kind, "retry", str(err))
             return
-        self._fail(action, str(err))
+        message = str(err)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            message += self._space_still_needed()
+        self._fail(action, message)
+
+    def _space_still_needed(self) -> str:
+        """What the rest of the plan needs where the disk filled up, so the user knows how much to free."""
+        try:
+            report = space_report(space_needs(self.manifest, Observed(self.observed)))
+        except OSError:
+            return ""
+        short = [fs for fs in report if not fs.fits]
+        return "".join(f"; {fs.filesystem} needs {fs.need_bytes:,} bytes and {fs.need_inodes:,} inodes "
+                       f"to finish, {fs.free_bytes:,} bytes and {fs.free_inodes:,} inodes are free"
+                       for fs in short)
 
     def _fail(self, action: Action, message: str) -> None:
         self.failed[action.key] = message
