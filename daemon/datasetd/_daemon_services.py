@@ -70,10 +70,5 @@ def add_sources(sources: dict[str, Source], manifest: Manifest) -> None:
 
 
 def close_sources(sources: Mapping[str, Source]) -> None:
-    for kind, source in sources.items():
-        close = getattr(source, "close", None)
-        if callable(close):
-            try:
-                close()  # the torrent source saves resume data here
-            except Exception as exc:  # noqa: BLE001 - one failing transport must not skip the others
-                logs.get().warning("source.close_failed", source=kind, error=repr(exc))
+    commands.close_sources(dict(sources))
+

@@ -89,12 +89,24 @@ def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Sou
 def run_apply(manifest: Manifest, workers: int | None = None,
               sources: dict[str, Source] | None = None) -> Outcome:
     journal = JournalDB(manifest.state_dir)
+    srcs = sources if sources is not None else default_sources(manifest)
     try:
         board = StatusBoard(manifest)
-        srcs = sources if sources is not None else default_sources(manifest)
         return Executor(manifest, journal, board, workers=workers, sources=srcs).run()
     finally:
         journal.close()
+        if sources is None:
+            close_sources(srcs)  # saves torrent resume data, stops the libtorrent session cleanly
+
+
+def close_sources(sources: dict[str, Source]) -> None:
+    for kind, source in sources.items():
+        close = getattr(source, "close", None)
+        if callable(close):
+            try:
+                close()  # the torrent source saves resume data here
+            except Exception as exc:  # noqa: BLE001 - one failing transport must not skip the others
+                logs.get().warning("source.close_failed", source=kind, error=repr(exc))
 
 
 def default_sources(manifest: Manifest) -> dict[str, Source]:

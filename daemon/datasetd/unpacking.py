@@ -9,6 +9,7 @@ so nothing in an archive can reach outside it.
 from __future__ import annotations
 
 import bz2
+import concurrent.futures as cf
 import contextlib
 import gzip
 import hashlib
@@ -16,8 +17,9 @@ import lzma
 import os
 import shutil
 import tarfile
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, cast
 
@@ -43,24 +45,49 @@ class IndexResult:
 
 
 def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool = False) -> IndexResult:
-    """One sequential read: digests of the archive, and of every class tar inside it, plus
-    each unit's member count and size. Hostile members are found here, before any write."""
+    """Digests of the archive, and of every class tar inside it, plus each unit's member count and
+    size. Hostile members are found here, before any write."""
     st = path.stat()
-    with path.open("rb", buffering=0) as raw:
-        # md5 costs more CPU than sha256 here (0.7 vs 1.1+ GB/s): only when a pin needs it
-        reader = HashingReader(raw, None, ("sha256", "md5") if md5 else ("sha256",))
-        if unpack == "class-tars":
-            units = _index_class_tars(reader, str(path))
-        elif unpack == "tar":
-            units = [_index_flat(reader, str(path), st.st_size * max_expansion, _magic(path))]
-        else:
-            reader.drain()
-            units = []
+    # md5 costs more CPU than sha256 here (0.7 vs 1.1+ GB/s): only when a pin needs it
+    algos = ("sha256", "md5") if md5 else ("sha256",)
+    stop = threading.Event()
+    # The archive's own digest comes from a second thread reading the same file: hashlib releases
+    # the GIL, so it runs on another core while this thread parses headers and hashes class tars.
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="index-hash") as pool:
+        whole = pool.submit(_hash_file, path, algos, stop)
+        try:
+            units = _index_units(path, unpack, st.st_size * max_expansion)
+        except BaseException:
+            stop.set()  # a refused archive: do not read the rest of it just to hash it
+            raise
+        size, digests = whole.result()
     after = path.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
         raise CorruptArchive(str(path), "changed while it was being read; wait until it is complete")
-    return IndexResult(reader.count, reader.hexdigest("sha256"), reader.hexdigest("md5") if md5 else None, units,
-                       st.st_mtime_ns, st.st_ino, st.st_dev)
+    # a flat unit's bytes are the whole archive, so extraction re-checks the archive's digest
+    units = [replace(u, sha256=digests["sha256"]) if u.name == FLAT else u for u in units]
+    return IndexResult(size, digests["sha256"], digests.get("md5"), units, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _index_units(path: Path, unpack: str, max_bytes: int) -> list[UnitIndex]:
+    with path.open("rb", buffering=0) as raw:
+        reader = HashingReader(raw, None, ())
+        if unpack == "class-tars":
+            return _index_class_tars(reader, str(path))
+        if unpack == "tar":
+            return [_index_flat(reader, str(path), max_bytes, _magic(path))]
+        return []
+
+
+def _hash_file(path: Path, algos: tuple[str, ...], stop: threading.Event) -> tuple[int, dict[str, str]]:
+    hashes = [hashlib.new(a) for a in algos]
+    size = 0
+    with path.open("rb", buffering=0) as f:
+        while (chunk := f.read(CHUNK)) and not stop.is_set():
+            for h in hashes:
+                h.update(chunk)
+            size += len(chunk)
+    return size, {a: h.hexdigest() for a, h in zip(algos, hashes, strict=True)}
 
 
 def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
@@ -136,8 +163,7 @@ def _index_flat(reader: HashingReader, archive: str, max_bytes: int, magic: byte
             files, dirs, total = _tally(tf, archive, max_bytes)
             tail.check_end(archive, tf.offset)
         reader.drain()
-    # the unit's bytes are the whole archive, so extraction re-checks the archive's digest
-    return UnitIndex(FLAT, 0, reader.count, reader.hexdigest(), files, dirs, total)
+    return UnitIndex(FLAT, 0, reader.count, "", files, dirs, total)  # sha256: the archive's, filled in later
 
 
 def _tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, int]:

@@ -9,6 +9,7 @@ torrent. libtorrent has no type stubs: the Any stays in this module.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
@@ -218,6 +219,9 @@ class Session:
         self.closed = False
         self._thread = threading.Thread(target=self._pump, name="datasetd-libtorrent", daemon=True)
         self._thread.start()
+        # A session still alive at interpreter exit aborts the process (SIGABRT) while its alert
+        # thread is torn down: close it first, whichever path forgot to (close() is idempotent).
+        atexit.register(self.close, 2.0)
 
     def apply(self, settings: TorrentSettings) -> None:
         if settings != self.settings:
