@@ -1,0 +1,29 @@
+"""The manifests we ship parse, and pin what ILSVRC2012 publishes (../shared/imagenet-facts.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasetd.manifest import FileSource, TorrentSource, load
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+
+
+def test_imagenet_manifest_pins_the_published_archives() -> None:
+    m = load(MANIFESTS / "imagenet.toml")
+    train, val, devkit = (m.components[n] for n in ("train", "val", "devkit"))
+    assert (train.size, train.md5) == (147_897_477_120, "1d675b47d978889d74fa0da5fadfb00e")
+    assert train.sha256 == "b08200a27a8e34218a0e58fde36b0fe8f73bc377f4acea2d91602057c3ca45bb"
+    assert (val.size, val.md5) == (6_744_924_160, "29b22e2961454d5413ddabcf34fc5622")
+    assert (devkit.size, devkit.md5) == (2_568_145, "fa75699e90414af021442c21a62c3abf")
+    assert isinstance(train.source, TorrentSource) and isinstance(val.source, TorrentSource)
+    assert "a306397ccf9c2ead27155983c254227c0fd938e2" in train.source.torrent
+    assert "5d6d0df7ed81efd49ca99ea4737e0ae5e3a5f2e5" in val.source.torrent
+    assert isinstance(devkit.source, FileSource)
+    assert (train.unpack, val.unpack, devkit.unpack) == ("class-tars", "tar", "tar")
+    assert not m.torrent.upnp and not m.torrent.natpmp
+
+
+def test_demo_manifest_parses() -> None:
+    m = load(MANIFESTS / "demo.toml")
+    assert set(m.components) == {"train", "val", "devkit"}
