@@ -16,6 +16,8 @@ import pytest
 
 from datasetd import cli
 from datasetd.demo import build_train, build_val, tar_bytes
+from hostile import Site
+from manifest_cases import Work
 
 WNIDS = [f"n0{1000000 + 7919 * i:07d}" for i in range(8)]
 
@@ -50,6 +52,18 @@ def write_manifest(path: Path, root: Path, components: str, workers: int = 2) ->
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Work:
+    """One working directory per test module for the bad-manifest suites (tests/manifest_cases.py)."""
+    return Work(tmp_path_factory.mktemp("manifests"))
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    """A hostile-archive playground (tests/hostile.py): sources/, root/ and outside/ with a sentinel."""
+    return Site.create(tmp_path)
 
 
 @pytest.fixture
