@@ -101,3 +101,22 @@ def test_demo_runs_every_source_kind_and_converges(tmp_path: Path) -> None:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_download_in_place_without_a_journal_is_rehashed_not_fetched_again(tmp_path: Path) -> None:
+    val, _ = build_val(WNIDS)
+    with FaultServer(files={"/val.tar": val}) as server:
+        m = http_manifest(tmp_path, server.url("/val.tar"), val, keep=True)
+        assert cli.main(["apply", str(m)]) == 0
+        gets = len(server.requests("/val.tar", "GET"))
+        for p in (tmp_path / "root/.datasetd").glob("journal.sqlite*"):
+            p.unlink()
+        assert cli.main(["apply", str(m)]) == 0
+        assert len(server.requests("/val.tar", "GET")) == gets, "a verified download was fetched again"
+        archive = tmp_path / "root/downloads/val.tar"
+        archive.write_bytes(b"\0" + val[1:])  # same size, wrong bytes: the pin must catch it
+        for p in (tmp_path / "root/.datasetd").glob("journal.sqlite*"):
+            p.unlink()
+        assert cli.main(["apply", str(m)]) == 0
+        assert len(server.requests("/val.tar", "GET")) > gets, "a download that broke its pin was kept"
+    assert archive.read_bytes() == val

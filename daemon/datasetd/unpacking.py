@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, cast
 
+from datasetd._digest import hash_file
 from datasetd._fswalk import list_files
 from datasetd._tarsafe import CLASS_TAR_RE, HashingReader, Readable, TailCheck, check_member, open_stream
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError
@@ -48,25 +49,24 @@ def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool 
     """Digests of the archive, and of every class tar inside it, plus each unit's member count and
     size. Hostile members are found here, before any write."""
     st = path.stat()
-    # md5 costs more CPU than sha256 here (0.7 vs 1.1+ GB/s): only when a pin needs it
-    algos = ("sha256", "md5") if md5 else ("sha256",)
     stop = threading.Event()
     # The archive's own digest comes from a second thread reading the same file: hashlib releases
     # the GIL, so it runs on another core while this thread parses headers and hashes class tars.
+    # (md5 costs more CPU than sha256 here, 0.7 vs 1.1+ GB/s: only when a pin needs it.)
     with cf.ThreadPoolExecutor(1, thread_name_prefix="index-hash") as pool:
-        whole = pool.submit(_hash_file, path, algos, stop)
+        whole = pool.submit(hash_file, path, md5=md5, stop=stop)
         try:
             units = _index_units(path, unpack, st.st_size * max_expansion)
         except BaseException:
             stop.set()  # a refused archive: do not read the rest of it just to hash it
             raise
-        size, digests = whole.result()
+        digests = whole.result()
     after = path.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or digests.size != st.st_size:
         raise CorruptArchive(str(path), "changed while it was being read; wait until it is complete")
     # a flat unit's bytes are the whole archive, so extraction re-checks the archive's digest
-    units = [replace(u, sha256=digests["sha256"]) if u.name == FLAT else u for u in units]
-    return IndexResult(size, digests["sha256"], digests.get("md5"), units, st.st_mtime_ns, st.st_ino, st.st_dev)
+    units = [replace(u, sha256=digests.sha256) if u.name == FLAT else u for u in units]
+    return IndexResult(digests.size, digests.sha256, digests.md5, units, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
 def _index_units(path: Path, unpack: str, max_bytes: int) -> list[UnitIndex]:
@@ -77,17 +77,6 @@ def _index_units(path: Path, unpack: str, max_bytes: int) -> list[UnitIndex]:
         if unpack == "tar":
             return [_index_flat(reader, str(path), max_bytes, _magic(path))]
         return []
-
-
-def _hash_file(path: Path, algos: tuple[str, ...], stop: threading.Event) -> tuple[int, dict[str, str]]:
-    hashes = [hashlib.new(a) for a in algos]
-    size = 0
-    with path.open("rb", buffering=0) as f:
-        while (chunk := f.read(CHUNK)) and not stop.is_set():
-            for h in hashes:
-                h.update(chunk)
-            size += len(chunk)
-    return size, {a: h.hexdigest() for a, h in zip(algos, hashes, strict=True)}
 
 
 def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:

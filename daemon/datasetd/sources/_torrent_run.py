@@ -17,11 +17,11 @@ from pathlib import Path
 
 import structlog
 
+from datasetd._digest import hash_file, mismatch
 from datasetd.errors import DigestMismatch, PermanentError, TemporaryError
 from datasetd.manifest import Component, TorrentSettings, TorrentSource
 from datasetd.sources._http_util import redact_url
 from datasetd.sources._libtorrent import Lease, Session
-from datasetd.sources._torrent_digest import hash_file, mismatch
 from datasetd.sources._torrent_health import OK, Health, Observation, diagnose
 from datasetd.sources._torrent_lab import FanOut, lab_for, static_peers
 from datasetd.sources._torrent_types import AddRequest, Event, FileInfo, Status

@@ -13,7 +13,6 @@ attempt's connections in _http_attempt; one connection in _http_stream.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from datasetd._digest import hash_file, mismatch
 from datasetd.durable import fsync_dir
 from datasetd.errors import DigestMismatch, TemporaryError
 from datasetd.manifest import Component, HttpAuth, HttpSource, Manifest
@@ -79,29 +79,22 @@ class HttpFetcher:
         if not isinstance(src, HttpSource):
             raise TypeError(f"HttpFetcher cannot fetch a {type(src).__name__}")
         pins = _Pins(component.size, component.sha256, component.md5)
-        return _existing(component.name, src.file, pins) or _Download(
+        return _existing(component, src.file, stop) or _Download(
             self, component.name, src, pins, progress, stop).run()
 
 
-def _existing(name: str, file: Path, pins: _Pins) -> Fetched | None:
+def _existing(component: Component, file: Path, stop: threading.Event) -> Fetched | None:
     """A final file is only ever renamed into place after its check, but the journal that
     recorded it may be gone: hash it again instead of downloading it again."""
     if not file.is_file():
         return None
-    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-    with file.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    wrong = ((pins.size is not None and size != pins.size) or (pins.sha256 not in (None, sha.hexdigest()))
-             or (pins.md5 not in (None, md5.hexdigest())))
-    if wrong:
-        log.warning("download.restarted", component=name, file=str(file), reason="the file on disk does not "
-                    "match its pins")
+    d = hash_file(file, md5=component.md5 is not None, stop=stop)
+    if mismatch(component, d) is not None:
+        log.warning("download.restarted", component=component.name, file=str(file),
+                    reason="the file on disk does not match its pins")
         file.unlink()  # ours (a download), and wrong: keeping it would block the fresh copy
         return None
-    return Fetched(file, size, sha.hexdigest(), md5.hexdigest() if pins.md5 else None)
+    return Fetched(file, d.size, d.sha256, d.md5)
 
 
 def fetch_url_to(url: str, dest: Path, *, max_bytes: int, env: Mapping[str, str] | None = None,

@@ -1,5 +1,9 @@
-"""datasetd's own check of a torrent's finished file: libtorrent's piece hashes prove the
-file matches the torrent, not that the torrent matches the manifest's pins."""
+"""Whole-file digests checked against a component's pins: the one way datasetd hashes an archive.
+
+Used for a torrent's finished file (libtorrent's piece hashes prove the file matches the
+torrent, not that the torrent matches the manifest), for a download found already in place,
+and for the archive digest of the index pass.
+"""
 
 from __future__ import annotations
 
