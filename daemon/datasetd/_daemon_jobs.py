@@ -23,21 +23,17 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import platform
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd import logs
+from datasetd.commands import RecordedUnit, record_verification, recorded_units
 from datasetd.durable import write_text_fast
-from datasetd.executing import Executor, Outcome
+from datasetd.executing import Executor, Outcome, init_worker
 from datasetd.journal import JournalDB
 from datasetd.manifest import Manifest
-from datasetd.model import Journal
-from datasetd.observe import observe
-from datasetd.planning import unit_paths
 from datasetd.sources.base import Source
 from datasetd.status import StatusBoard
 from datasetd.verifying import FileRecord, verify_folder
@@ -121,14 +117,6 @@ def reconcile(job: Job, board: StatusBoard, sources: Mapping[str, Source],
 # ---- deep verification -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Unit:
-    component: str
-    name: str
-    folder: Path
-    bytes: int
-
-
 def deep_verify(job: Job) -> int:
     """Re-hash every recorded unit; forget the record of each that differs. Returns how many differ.
 
@@ -138,7 +126,7 @@ def deep_verify(job: Job) -> int:
     log = logs.get()
     journal = JournalDB(job.manifest.state_dir)
     try:
-        units = _recorded_units(job.manifest, journal)
+        units, _unrecorded = recorded_units(job.manifest, journal)  # unrecorded ones are the next pass's
         log.info("verify.started", units=len(units), bytes=sum(u.bytes for u in units))
         checked = mismatched = 0
         with _background_pool(job.stop) as pool:
@@ -147,14 +135,8 @@ def deep_verify(job: Job) -> int:
                 if problems is None:
                     break
                 checked += 1
-                if problems:
-                    mismatched += 1
-                    log.error("verify.mismatch", component=unit.component, unit=unit.name, problems=len(problems),
-                              first=problems[0])
-                    journal.forget_unit(unit.component, unit.name)
-                    journal.step(unit.component, unit.name, "DeepVerify", "mismatch", problems[0])
-                else:
-                    log.debug("verify.clean", component=unit.component, unit=unit.name)
+                mismatched += bool(problems)
+                record_verification(journal, unit, problems)
         log.info("verify.finished", units=checked, mismatched=mismatched, stopped=job.stop.is_set())
         if not job.stop.is_set():
             # Not flushed: a power loss can only make the next verification come sooner.
@@ -176,20 +158,7 @@ def last_deep_verify(manifest: Manifest) -> float | None:
         return None
 
 
-def _recorded_units(manifest: Manifest, journal: JournalDB) -> list[_Unit]:
-    """Units the journal vouches for; the rest are the reconcile pass's business."""
-    observed = observe(manifest, journal)
-    out: list[_Unit] = []
-    for comp in manifest.enabled():
-        state = observed.components.get(comp.name)
-        if state is None or comp.unpack == "none":
-            continue
-        out.extend(_Unit(comp.name, u.name, unit_paths(comp, u.name).folder, u.index.bytes)
-                   for u in state.units if u.journal is not Journal.NONE)
-    return out
-
-
-def _verify_one(pool: multiprocessing.pool.Pool, unit: _Unit, records: list[FileRecord],
+def _verify_one(pool: multiprocessing.pool.Pool, unit: RecordedUnit, records: list[FileRecord],
                 job: Job) -> list[str] | None:
     """The unit's problems, or None when a stop came first."""
     started = time.monotonic()
@@ -236,9 +205,7 @@ def lower_priority() -> None:
     Best effort: a kernel or seccomp filter that refuses leaves normal priority.
     Also dies with its parent and leaves SIGINT to the daemon, like the executor's workers.
     """
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker()
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, max(VERIFY_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
     number = _SYS_IOPRIO_SET.get(platform.machine())

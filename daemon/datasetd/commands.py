@@ -7,6 +7,8 @@ import importlib
 import json
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from datasetd import logs
@@ -15,7 +17,7 @@ from datasetd.executing import Executor, Outcome
 from datasetd.journal import JournalDB
 from datasetd.lock import RootLock
 from datasetd.manifest import Manifest
-from datasetd.model import Journal, Observed
+from datasetd.model import Journal
 from datasetd.observe import observe, space_report
 from datasetd.planning import plan as make_plan
 from datasetd.planning import space_needs, traffic, unit_paths
@@ -229,31 +231,54 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
 
 
 def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], workers: int, log: Any) -> list[str]:
-    observed: Observed = observe(manifest, journal)
-    bad: list[str] = []
-    jobs: dict[cf.Future[list[str]], tuple[str, str]] = {}
+    recorded, unrecorded = recorded_units(manifest, journal, names)
+    bad = [f"{u.folder}: no record in the journal (unverified)" for u in unrecorded]
+    for u in unrecorded:
+        journal.forget_unit(u.component, u.name)
     with cf.ProcessPoolExecutor(workers) as pool:
-        for name in names:
-            comp = manifest.components[name]
-            state = observed.components.get(name)
-            if state is None or comp.unpack == "none":
-                continue
-            for unit in state.units:
-                folder = unit_paths(comp, unit.name).folder
-                if unit.journal is Journal.NONE:
-                    if unit.folder:
-                        bad.append(f"{folder}: no record in the journal (unverified)")
-                        journal.forget_unit(name, unit.name)
-                    continue
-                jobs[pool.submit(verify_folder, folder, journal.files(name, unit.name))] = (name, unit.name)
+        jobs = {pool.submit(verify_folder, u.folder, journal.files(u.component, u.name)): u for u in recorded}
         for future in cf.as_completed(jobs):
-            name, unit_name = jobs[future]
             problems = future.result()
-            if problems:
-                bad.extend(problems)
-                log.error("verify.mismatch", component=name, unit=unit_name, problems=len(problems),
-                          first=problems[0])
-                journal.forget_unit(name, unit_name)
-            else:
-                log.debug("verify.clean", component=name, unit=unit_name)
+            bad.extend(problems)
+            record_verification(journal, jobs[future], problems)
     return sorted(bad)
+
+
+@dataclass(frozen=True)
+class RecordedUnit:
+    component: str
+    name: str
+    folder: Path
+    bytes: int
+
+
+def recorded_units(manifest: Manifest, journal: JournalDB,
+                   names: list[str] | None = None) -> tuple[list[RecordedUnit], list[RecordedUnit]]:
+    """What deep verification re-hashes (units the journal vouches for), and folders it has no record of."""
+    observed = observe(manifest, journal)
+    comps = manifest.enabled() if names is None else [manifest.components[n] for n in names]
+    recorded: list[RecordedUnit] = []
+    unrecorded: list[RecordedUnit] = []
+    for comp in comps:
+        state = observed.components.get(comp.name)
+        if state is None or comp.unpack == "none":
+            continue
+        for u in state.units:
+            unit = RecordedUnit(comp.name, u.name, unit_paths(comp, u.name).folder, u.index.bytes)
+            if u.journal is not Journal.NONE:
+                recorded.append(unit)
+            elif u.folder:
+                unrecorded.append(unit)
+    return recorded, unrecorded
+
+
+def record_verification(journal: JournalDB, unit: RecordedUnit, problems: list[str]) -> None:
+    """A unit that differs from its record loses it: the planner then compares it with its tar or
+    re-extracts it (the tar was never deleted before the record was made)."""
+    log = logs.get()
+    if not problems:
+        log.debug("verify.clean", component=unit.component, unit=unit.name)
+        return
+    log.error("verify.mismatch", component=unit.component, unit=unit.name, problems=len(problems), first=problems[0])
+    journal.forget_unit(unit.component, unit.name)
+    journal.step(unit.component, unit.name, "DeepVerify", "mismatch", problems[0])

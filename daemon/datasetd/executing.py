@@ -63,11 +63,11 @@ class Outcome:
         return not self.failed and not self.stopped
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     # Workers die with the coordinator: a SIGKILLed apply must not leave a worker
     # writing into a .partial dir that the next run is about to clear.
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
 
 
@@ -139,7 +139,7 @@ class Executor:
     @contextlib.contextmanager
     def _pools(self) -> Iterator[tuple[cf.ProcessPoolExecutor, cf.ThreadPoolExecutor]]:
         ctx = multiprocessing.get_context("fork")
-        procs = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
+        procs = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker)
         threads = cf.ThreadPoolExecutor(4, thread_name_prefix="fetch")
         try:
             yield procs, threads
