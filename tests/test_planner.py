@@ -115,6 +115,7 @@ def test_nothing_on_disk_extracts_in_place_from_the_archive() -> None:
     assert isinstance(a, ExtractUnit)
     assert not a.origin.loose and a.origin.path == Path("/mnt/nas/train.tar") and a.origin.offset == 512
     assert a.folder == ROOT / "train/n01" and a.partial == ROOT / "train/.n01.partial"
+    assert a.old == ROOT / "train/.n01.old" and a.expected_bytes == 9000
     assert a.replace is False
 
 

@@ -67,8 +67,3 @@ def add_sources(sources: dict[str, Source], manifest: Manifest) -> None:
     if missing:
         wanted = {n: c for n, c in manifest.components.items() if _kind(c) in missing}
         sources.update(commands.default_sources(dataclasses.replace(manifest, components=wanted)))
-
-
-def close_sources(sources: Mapping[str, Source]) -> None:
-    commands.close_sources(dict(sources))
-

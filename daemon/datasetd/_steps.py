@@ -26,7 +26,6 @@ from datasetd.model import (
     MarkProcessed,
     VerifyUnit,
 )
-from datasetd.planning import unit_paths
 from datasetd.sources.base import Fetched, FetchProgress, Source
 from datasetd.status import StatusBoard
 
@@ -59,22 +58,14 @@ class StepRunner:
             _check_size(comp)
             return self.procs.submit(unpacking.index_archive, action.path, comp.unpack,
                                      md5=comp.md5 is not None)
-        if isinstance(action, ExtractUnit):
-            paths = unit_paths(comp, action.unit)
-            return self.procs.submit(unpacking.extract_unit, action.origin, action.folder, action.partial,
-                                     paths.old, self._expected_bytes(action))
-        if isinstance(action, AdoptUnit):
-            paths = unit_paths(comp, action.unit)
-            return self.procs.submit(unpacking.adopt_unit, action.origin, action.folder, action.partial,
-                                     paths.old, self._expected_bytes(action))
+        if isinstance(action, ExtractUnit | AdoptUnit):
+            work = unpacking.extract_unit if isinstance(action, ExtractUnit) else unpacking.adopt_unit
+            return self.procs.submit(work, action.origin, action.folder, action.partial, action.old,
+                                     action.expected_bytes)
         if isinstance(action, VerifyUnit):
             records = self.journal.files(comp.name, action.unit)
             return self.procs.submit(verifying.verify_folder, action.folder, records)
         return _done_now(self._inline, action)
-
-    def _expected_bytes(self, action: ExtractUnit | AdoptUnit) -> int:
-        state = self.journal.unit_index(action.component, self._archive_sha(action.component))
-        return next((u.bytes for u in state if u.name == action.unit), action.origin.size)
 
     def _archive_sha(self, component: str) -> str:
         row = self.journal.archive(component)

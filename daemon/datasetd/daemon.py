@@ -27,8 +27,9 @@ from pathlib import Path
 
 from datasetd import logs, systemd
 from datasetd._daemon_jobs import Job, deep_verify, last_deep_verify, reconcile
-from datasetd._daemon_services import add_sources, close_sources, serve_metrics, status_line
+from datasetd._daemon_services import add_sources, serve_metrics, status_line
 from datasetd._daemon_triggers import EDIT, RECONCILE, RELOAD, STOP, VERIFY, ManifestWatcher, Schedule, signal_handlers
+from datasetd.commands import close_sources
 from datasetd.errors import DatasetdError, ManifestError
 from datasetd.lock import RootLock
 from datasetd.manifest import Manifest, load

@@ -122,22 +122,26 @@ class UnitAction(Action):
 
 
 @dataclass(frozen=True)
-class ExtractUnit(UnitAction):
-    """Extract into the partial dir, hashing while writing, then rename into place."""
+class _FromTar(UnitAction):
+    """A step that reads the unit's tar and may (re)build its folder."""
 
     origin: Origin
     folder: Path
     partial: Path
+    old: Path  # where a folder that failed its check waits while its replacement is renamed in
+    expected_bytes: int  # the index's count of the unit's file bytes: no member may claim more
+
+
+@dataclass(frozen=True)
+class ExtractUnit(_FromTar):
+    """Extract into the partial dir, hashing while writing, then rename into place."""
+
     replace: bool  # an existing folder that failed its check is swapped out
 
 
 @dataclass(frozen=True)
-class AdoptUnit(UnitAction):
+class AdoptUnit(_FromTar):
     """A folder with no record (hand-made, or a crash before recording): compare it with its tar."""
-
-    origin: Origin
-    folder: Path
-    partial: Path
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,11 @@ def plan_unit(comp: Component, archive: ArchiveState, unit: UnitState) -> Action
     if origin is None:
         return _NEEDS_ARCHIVE
     if unit.folder and unit.journal is Journal.NONE:
-        return AdoptUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial)
+        return AdoptUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
+                         old=paths.old, expected_bytes=unit.index.bytes)
     # No folder, or a recorded folder that lost files or changed size: extract (again).
-    return ExtractUnit(comp.name, unit.name, origin=origin, folder=paths.folder,
-                       partial=paths.partial, replace=unit.folder)
+    return ExtractUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
+                       old=paths.old, expected_bytes=unit.index.bytes, replace=unit.folder)
 
 
 def _loose_path(paths: UnitPaths, unit: UnitState) -> Path | None:
@@ -189,7 +190,7 @@ def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
         if state is None:
             continue
         archive = state.archive
-        units_missing = [u for u in state.units if not _unit_done(u)]
+        units_missing = [u for u in state.units if not unit_done(u)]
         archive_needed = comp.unpack == "none" or not archive.indexed or any(
             _loose_path(unit_paths(comp, u.name), u) is None for u in units_missing)
         if comp.downloaded and not archive.present and archive_needed:
@@ -208,7 +209,8 @@ def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
     return needs
 
 
-def _unit_done(unit: UnitState) -> bool:
+def unit_done(unit: UnitState) -> bool:
+    """On disk as recorded (extracted or verified): what no longer needs space or extraction."""
     return unit.folder and unit.intact and unit.journal is not Journal.NONE
 
 
@@ -235,7 +237,7 @@ def traffic(actions: Iterable[Action], manifest: Manifest, observed: Observed) -
             read += state.archive.size or comp.size or 0
         elif isinstance(a, ExtractUnit | AdoptUnit):
             read += a.origin.size
-            write += units[a.unit].index.bytes if isinstance(a, ExtractUnit) else 0
+            write += a.expected_bytes if isinstance(a, ExtractUnit) else 0
         elif isinstance(a, VerifyUnit):
             read += units[a.unit].index.bytes
     return Traffic(read, write)

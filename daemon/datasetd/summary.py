@@ -7,7 +7,7 @@ from typing import Any
 
 from datasetd.manifest import Component
 from datasetd.model import ComponentState, Journal
-from datasetd.planning import is_ready
+from datasetd.planning import is_ready, unit_done
 
 FETCH_KINDS = {"Fetch"}
 UNPACK_KINDS = {"IndexArchive", "ExtractUnit", "AdoptUnit", "MarkProcessed", "DeleteClassTar", "DeleteArchive"}
@@ -26,7 +26,7 @@ def summarize(comp: Component, state: ComponentState | None, running: Collection
         return out
     units = state.units
     if units:
-        done = [u for u in units if u.journal is not Journal.NONE and u.folder and u.intact]
+        done = [u for u in units if unit_done(u)]
         verified = [u for u in units if u.journal is Journal.VERIFIED and u.folder and u.intact]
         out.update(
             bytes_done=sum(u.index.bytes for u in done), bytes_total=sum(u.index.bytes for u in units),
