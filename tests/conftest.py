@@ -125,6 +125,21 @@ def gnu_tar_extract(archive: Path, dest: Path) -> Path:
     return dest
 
 
+def gnu_tar_reference(outer: Path, work: Path) -> dict[str, str]:
+    """What the manual recipe gets from a tar of class tars with GNU tar: `W/name` -> sha256.
+    The reference every class-tars test compares datasetd's output with, byte for byte."""
+    split = gnu_tar_extract(outer, work / "split")
+    for t in split.glob("*.tar"):
+        gnu_tar_extract(t, work / "ref" / t.stem)
+    return tree_digest(work / "ref")
+
+
+def class_tree(reference: dict[str, str], unit: str) -> dict[str, str]:
+    """One class's share of a gnu_tar_reference (or of a tree_digest of `into`), names relative to the class."""
+    prefix = f"{unit}/"
+    return {k.removeprefix(prefix): v for k, v in reference.items() if k.startswith(prefix)}
+
+
 def datasetd_cmd() -> list[str]:
     return [sys.executable, "-m", "datasetd"]
 

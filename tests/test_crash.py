@@ -7,7 +7,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import datasetd_cmd, gnu_tar_extract, journal_units, sha256, tree_digest, write_manifest
+from conftest import (
+    class_tree,
+    datasetd_cmd,
+    gnu_tar_extract,
+    gnu_tar_reference,
+    journal_units,
+    sha256,
+    tree_digest,
+    write_manifest,
+)
 from datasetd.demo import build_train
 
 WNIDS = [f"n{9000000 + i:08d}" for i in range(48)]
@@ -35,9 +44,8 @@ def test_sigkill_anywhere_resumes_and_converges(tmp_path: Path) -> None:
     outer = build_train(WNIDS, files=40, size=(2000, 6000))
     (tmp_path / "outer.tar").write_bytes(outer)
     gnu_tar_extract(tmp_path / "outer.tar", train)  # hand-split class tars, as the manual recipe leaves them
-    reference = {}
-    for t in sorted(train.glob("*.tar")):
-        reference[t.stem] = tree_digest(gnu_tar_extract(t, tmp_path / "ref" / t.stem))
+    ref = gnu_tar_reference(tmp_path / "outer.tar", tmp_path / "gnu")
+    reference = {w: class_tree(ref, w) for w in WNIDS}
     (root / "outer.tar").write_bytes(outer)
     manifest = write_manifest(tmp_path / "m.toml", root, f"""
 [components.train]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import datasetd_cmd, gnu_tar_extract, journal_units, sha256, tree_digest, write_manifest
+from conftest import class_tree, datasetd_cmd, gnu_tar_reference, journal_units, sha256, tree_digest, write_manifest
 from datasetd import cli
 from datasetd.demo import build_train
 
@@ -46,7 +46,7 @@ def train_setup(tmp_path: Path, root: Path, classes: int, files: int, size: tupl
     archive = tmp_path / "nas" / "train.tar"
     archive.parent.mkdir()
     archive.write_bytes(outer)
-    ref = tree_digest(_reference(archive, tmp_path / "ref"))
+    ref = gnu_tar_reference(archive, tmp_path / "gnu")
     m = write_manifest(tmp_path / "m.toml", root, f"""
 [components.train]
 source = "file"
@@ -57,13 +57,6 @@ unpack = "class-tars"
 into = "train"
 """, workers=1)
     return m, ref
-
-
-def _reference(archive: Path, dest: Path) -> Path:
-    split = gnu_tar_extract(archive, dest.with_name("split"))
-    for t in split.glob("*.tar"):
-        gnu_tar_extract(t, dest / t.stem)
-    return dest
 
 
 def status_error(root: Path) -> str:
@@ -114,8 +107,7 @@ def test_disk_filled_mid_extraction_keeps_good_data_and_converges_after(tmp_path
         assert recorded, "some classes were done before the disk filled"
         on_disk = tree_digest(root / "train")
         for unit in _units(root, "verified"):
-            assert {k: v for k, v in on_disk.items() if k.startswith(unit + "/")} == \
-                {k: v for k, v in ref.items() if k.startswith(unit + "/")}
+            assert class_tree(on_disk, unit) == class_tree(ref, unit)
         filler.unlink()
         assert cli.main(["apply", str(m)]) == 0
         assert tree_digest(root / "train") == ref
