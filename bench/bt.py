@@ -21,12 +21,12 @@ from typing import Any
 
 import libtorrent as lt
 
-from datasetd.manifest import TorrentSettings
+from datasetd.config.manifest import TorrentSettings
 
 
 def datasetd_pack(s: TorrentSettings) -> dict[str, object]:
     """The settings dict datasetd hands libtorrent for `s` (whichever helper this version has)."""
-    from datasetd.sources import _libtorrent
+    from datasetd.sources.torrent import session as _libtorrent
 
     full = getattr(_libtorrent, "_pack", None)  # settings_pack plus datasetd's alert mask
     if full is not None:

@@ -75,7 +75,7 @@ sha256 = "{sha256}"
 
 
 def http_rows(ctx: Ctx, ds: DataSet) -> list[Row]:
-    why = _missing("datasetd.sources.http", "HttpFetcher")
+    why = _missing("datasetd.sources.http.fetcher", "HttpFetcher")
     if why:
         return [pending_row(n, why) for n in HTTP_NAMES]
     ctx.say(f"row 3: HTTP, {ds.size / 1e9:.2f} GB from nginx on 127.0.0.1")
@@ -139,7 +139,7 @@ sha256 = "{sha256}"
 
 
 def torrent_rows(ctx: Ctx, ds: DataSet) -> list[Row]:
-    why = _missing("datasetd.sources.torrent", "TorrentFetcher")
+    why = _missing("datasetd.sources.torrent.fetcher", "TorrentFetcher")
     if why:
         return [pending_row(TORRENT_NAME, why)]
     ctx.say(f"row 4: BitTorrent, {ds.size / 1e9:.2f} GB over loopback")

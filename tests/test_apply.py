@@ -225,7 +225,7 @@ def test_status_without_a_daemon_is_computed_from_disk(dataset: Dataset, capsys:
 
 
 def test_second_apply_on_the_same_root_is_refused(dataset: Dataset) -> None:
-    from datasetd.lock import RootLock
+    from datasetd.state.lock import RootLock
 
     with RootLock(dataset.root):
         assert dataset.run("apply") == 2

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from conftest import Dataset
-from datasetd._daemon_jobs import VERIFY_NICE
-from datasetd._daemon_services import status_line
-from datasetd._daemon_triggers import signal_handlers
-from datasetd.metrics import StatusCollector, parse_address
+from datasetd.service.jobs import VERIFY_NICE
+from datasetd.service.metrics import StatusCollector, parse_address
+from datasetd.service.triggers import signal_handlers
+from datasetd.service.wiring import status_line
 
 BOUND = 30.0
 
@@ -25,7 +25,7 @@ def test_the_verification_worker_reads_at_background_priority() -> None:
     """lower_priority() runs in the deep-verify worker; exec keeps both priorities, so ps/ionice can read them."""
     if shutil.which("ionice") is None:
         pytest.skip("ionice (util-linux) is not installed")
-    code = ("import os; from datasetd._daemon_jobs import lower_priority; lower_priority(); "
+    code = ("import os; from datasetd.service.jobs import lower_priority; lower_priority(); "
             "os.execvp('sh', ['sh', '-c', 'ionice -p $$; cut -d\" \" -f19 /proc/$$/stat'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND, check=True)
     ionice, nice = out.stdout.split("\n")[:2]
@@ -48,9 +48,9 @@ def test_forked_workers_get_default_signal_handlers_back() -> None:
 
 
 def test_a_silent_job_withholds_the_watchdog_ping(dataset: Dataset) -> None:
-    from datasetd import daemon as daemon_mod
-    from datasetd._daemon_jobs import Job
-    from datasetd.manifest import load
+    from datasetd.config.manifest import load
+    from datasetd.service import daemon as daemon_mod
+    from datasetd.service.jobs import Job
 
     manifest = load(dataset.manifest)
     d = daemon_mod.Daemon(dataset.manifest, manifest, threading.Event())

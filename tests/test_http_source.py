@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from datasetd.config.manifest import Component, HttpAuth, HttpSource
 from datasetd.errors import PermanentError, TemporaryError
-from datasetd.manifest import Component, HttpAuth, HttpSource
 from datasetd.sources.base import Fetched, FetchProgress
-from datasetd.sources.http import HttpFetcher, fetch_url_to
+from datasetd.sources.http.fetcher import HttpFetcher, fetch_url_to
 from http_server import Fault, FaultServer
 
 MB = 1_000_000
@@ -107,8 +107,8 @@ def first_etag(srv: FaultServer) -> str:
 _KILLED_CHILD = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
-    from datasetd.manifest import Component, HttpSource
-    from datasetd.sources.http import HttpFetcher
+    from datasetd.config.manifest import Component, HttpSource
+    from datasetd.sources.http.fetcher import HttpFetcher
     src = HttpSource(url=sys.argv[1], file=Path(sys.argv[2]), connections=int(sys.argv[3]),
                      segment_threshold=100_000, stall_timeout=30)
     comp = Component(name="train", source=src, unpack="none", into=None)

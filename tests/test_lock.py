@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from datasetd.errors import UsageError
-from datasetd.lock import RootLock, lock_path
+from datasetd.state.lock import RootLock, lock_path
 
 # argv[1] picks what the holder does once it has the lock. One line out, "locked [pid of its child]":
 # a second line could sit in the pipe's read buffer where select() does not see it.
 HOLDER = """
 import os, subprocess, sys, time
-from datasetd.lock import RootLock
+from datasetd.state.lock import RootLock
 lock = RootLock(sys.argv[3])
 lock.acquire()
 other = ""
@@ -42,7 +42,7 @@ while True:
 TRY = """
 import sys
 from datasetd.errors import UsageError
-from datasetd.lock import RootLock
+from datasetd.state.lock import RootLock
 try:
     with RootLock(sys.argv[1]):
         print("acquired")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from datasetd.manifest import Manifest, parse
-from datasetd.model import (
+from datasetd.config.manifest import Manifest, parse
+from datasetd.core.model import (
     FLAT,
     AdoptUnit,
     ArchiveState,
@@ -26,7 +26,7 @@ from datasetd.model import (
     UnitState,
     VerifyUnit,
 )
-from datasetd.planning import is_ready, plan, space_needs, traffic, unit_paths
+from datasetd.core.planning import is_ready, plan, space_needs, traffic, unit_paths
 
 ROOT = Path("/data/root")
 SHA = "a" * 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasetd.manifest import FileSource, TorrentSource, load
+from datasetd.config.manifest import FileSource, TorrentSource, load
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from datasetd import systemd
-from datasetd.manifest import DaemonSettings
+from datasetd.config.manifest import DaemonSettings
+from datasetd.service import systemd
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "datasetd@.service"
@@ -57,7 +57,7 @@ def _receive(sock: socket.socket) -> tuple[str, int]:
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     ours = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
-    script = "from datasetd import systemd as sd\n" + code
+    script = "from datasetd.service import systemd as sd\n" + code
     return subprocess.run([sys.executable, "-c", script], env=clean | env, capture_output=True, text=True,
                           timeout=30)
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datasetd.sources._torrent_lab import STRIPE, FanOut, Lab, lab_for, named_ips
+from datasetd.sources.torrent.lab import STRIPE, FanOut, Lab, lab_for, named_ips
 from torrent_helpers import EventReader, Seeder, Tracker, fetcher_process, free_port, make_torrent
 
 MiB = 1024 * 1024

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import structlog
 
+from datasetd.config.manifest import Component, TorrentSettings
 from datasetd.errors import DigestMismatch, TemporaryError
-from datasetd.manifest import Component, TorrentSettings
 from datasetd.sources.base import FetchProgress
-from datasetd.sources.http import fetch_url_to
-from datasetd.sources.torrent import TorrentFetcher
+from datasetd.sources.http.fetcher import fetch_url_to
+from datasetd.sources.torrent.fetcher import TorrentFetcher
 from http_server import FaultServer
 from torrent_helpers import Seeder, Tracker, free_port, loopback_settings, make_torrent, torrent_component
 

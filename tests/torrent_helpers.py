@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from datasetd.manifest import Component, TorrentSettings, TorrentSource
-from datasetd.sources._libtorrent import Lease, Session, make_torrent, read_meta
-from datasetd.sources._torrent_types import AddRequest
+from datasetd.config.manifest import Component, TorrentSettings, TorrentSource
+from datasetd.sources.torrent.session import Lease, Session, make_torrent, read_meta
+from datasetd.sources.torrent.types import AddRequest
 
 __all__ = ["Seeder", "Tracker", "fetcher_process", "free_port", "loopback_settings", "make_torrent",
            "torrent_component"]
@@ -197,7 +197,7 @@ class EventReader:
 def _run_fetch(config: dict[str, Any]) -> int:
     import structlog
 
-    from datasetd.sources.torrent import TorrentFetcher
+    from datasetd.sources.torrent.fetcher import TorrentFetcher
 
     structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(),
                                     structlog.processors.JSONRenderer()],

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasetd import __version__, logs
+from datasetd.config.manifest import Manifest, load
 from datasetd.errors import DatasetdError
-from datasetd.manifest import Manifest, load
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -79,7 +79,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "verify":
         return commands.verify(manifest, components=args.component, repair=args.repair, workers=args.workers)
     if args.verb == "run":
-        from datasetd import daemon as daemon_mod
+        from datasetd.service import daemon as daemon_mod
 
         code: int = daemon_mod.run(Path(args.manifest), manifest, threading.Event())
         return code

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import importlib
 import json
 import sys
+import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from datasetd import logs
-from datasetd import status as status_mod
-from datasetd.executing import Executor, Outcome
-from datasetd.journal import JournalDB
-from datasetd.lock import RootLock
-from datasetd.manifest import Manifest
-from datasetd.model import Journal
-from datasetd.observe import observe, space_report
-from datasetd.planning import plan as make_plan
-from datasetd.planning import space_needs, traffic, unit_paths
+from datasetd.config.manifest import Manifest
+from datasetd.core.planning import plan as make_plan
+from datasetd.core.planning import space_needs, traffic
+from datasetd.core.summary import summarize
+from datasetd.engine.deepverify import Pace, recorded_units, verify_units
+from datasetd.engine.executor import Executor, Outcome
+from datasetd.platform import pid_alive
 from datasetd.sources.base import Source
-from datasetd.status import StatusBoard
-from datasetd.summary import summarize
-from datasetd.verifying import verify_folder
+from datasetd.sources.registry import close_sources, make_sources
+from datasetd.state import status as status_mod
+from datasetd.state.journal import JournalDB
+from datasetd.state.lock import RootLock
+from datasetd.state.observe import observe, space_report
+from datasetd.state.status import StatusBoard
 
 
 def open_journal(manifest: Manifest, create: bool = True) -> JournalDB:
@@ -91,7 +89,7 @@ def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Sou
 def run_apply(manifest: Manifest, workers: int | None = None,
               sources: dict[str, Source] | None = None) -> Outcome:
     journal = JournalDB(manifest.state_dir)
-    srcs = sources if sources is not None else default_sources(manifest)
+    srcs = sources if sources is not None else make_sources(manifest)
     try:
         board = StatusBoard(manifest)
         return Executor(manifest, journal, board, workers=workers, sources=srcs).run()
@@ -99,29 +97,6 @@ def run_apply(manifest: Manifest, workers: int | None = None,
         journal.close()
         if sources is None:
             close_sources(srcs)  # saves torrent resume data, stops the libtorrent session cleanly
-
-
-def close_sources(sources: dict[str, Source]) -> None:
-    for kind, source in sources.items():
-        close = getattr(source, "close", None)
-        if callable(close):
-            try:
-                close()  # the torrent source saves resume data here
-            except Exception as exc:  # noqa: BLE001 - one failing transport must not skip the others
-                logs.get().warning("source.close_failed", source=kind, error=repr(exc))
-
-
-def default_sources(manifest: Manifest) -> dict[str, Source]:
-    """The transports this build has, imported only when the manifest uses them."""
-    kinds = {type(c.source).__name__.removesuffix("Source").lower() for c in manifest.enabled()}
-    out: dict[str, Source] = {}
-    for kind in sorted(kinds - {"file"}):
-        try:
-            module = importlib.import_module(f"datasetd.sources.{kind}")
-        except ImportError:
-            continue
-        out[kind] = module.make_source(manifest)
-    return out
 
 
 # ---- status --------------------------------------------------------------------------------
@@ -132,7 +107,7 @@ def current_status(manifest: Manifest) -> dict[str, Any]:
     data = status_mod.read(manifest.state_dir / "status.json")
     # `datasetd run` stays up once converged (or failed): while its pid lives its file is the truth,
     # and only it knows manifest_error, pass_error and the metrics address.
-    if data and data.get("state") != "stopped" and status_mod.pid_alive(int(data.get("pid") or 0)):
+    if data and data.get("state") != "stopped" and pid_alive(data.get("pid")):
         return data
     journal = open_journal(manifest, create=False)
     observed = observe(manifest, journal)
@@ -211,7 +186,7 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
     with RootLock(manifest.root):
         journal = JournalDB(manifest.state_dir)
         try:
-            bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers, log)
+            bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers)
             for line in bad:
                 print(f"BAD {line}")
             if not bad:
@@ -230,55 +205,10 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
     return 1
 
 
-def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], workers: int, log: Any) -> list[str]:
+def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], workers: int) -> list[str]:
     recorded, unrecorded = recorded_units(manifest, journal, names)
     bad = [f"{u.folder}: no record in the journal (unverified)" for u in unrecorded]
     for u in unrecorded:
         journal.forget_unit(u.component, u.name)
-    with cf.ProcessPoolExecutor(workers) as pool:
-        jobs = {pool.submit(verify_folder, u.folder, journal.files(u.component, u.name)): u for u in recorded}
-        for future in cf.as_completed(jobs):
-            problems = future.result()
-            bad.extend(problems)
-            record_verification(journal, jobs[future], problems)
-    return sorted(bad)
-
-
-@dataclass(frozen=True)
-class RecordedUnit:
-    component: str
-    name: str
-    folder: Path
-    bytes: int
-
-
-def recorded_units(manifest: Manifest, journal: JournalDB,
-                   names: list[str] | None = None) -> tuple[list[RecordedUnit], list[RecordedUnit]]:
-    """What deep verification re-hashes (units the journal vouches for), and folders it has no record of."""
-    observed = observe(manifest, journal)
-    comps = manifest.enabled() if names is None else [manifest.components[n] for n in names]
-    recorded: list[RecordedUnit] = []
-    unrecorded: list[RecordedUnit] = []
-    for comp in comps:
-        state = observed.components.get(comp.name)
-        if state is None or comp.unpack == "none":
-            continue
-        for u in state.units:
-            unit = RecordedUnit(comp.name, u.name, unit_paths(comp, u.name).folder, u.index.bytes)
-            if u.journal is not Journal.NONE:
-                recorded.append(unit)
-            elif u.folder:
-                unrecorded.append(unit)
-    return recorded, unrecorded
-
-
-def record_verification(journal: JournalDB, unit: RecordedUnit, problems: list[str]) -> None:
-    """A unit that differs from its record loses it: the planner then compares it with its tar or
-    re-extracts it (the tar was never deleted before the record was made)."""
-    log = logs.get()
-    if not problems:
-        log.debug("verify.clean", component=unit.component, unit=unit.name)
-        return
-    log.error("verify.mismatch", component=unit.component, unit=unit.name, problems=len(problems), first=problems[0])
-    journal.forget_unit(unit.component, unit.name)
-    journal.step(unit.component, unit.name, "DeepVerify", "mismatch", problems[0])
+    tally = verify_units(journal, recorded, Pace(workers), threading.Event())
+    return sorted(bad + tally.problems)

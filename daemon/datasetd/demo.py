@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from datasetd import commands
+from datasetd.config.manifest import load
 from datasetd.errors import UsageError
-from datasetd.manifest import load
 
 WNIDS = [  # the first 20 ILSVRC2012 classes in sorted-WNID order
     "n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
@@ -133,9 +133,9 @@ def http_server(directory: Path, port: int = HTTP_PORT) -> Iterator[str]:
 @contextlib.contextmanager
 def seeder(data: Path, torrent: Path, ip: str = "127.0.0.1", port: int = SEED_PORT) -> Iterator[str]:
     """A local BitTorrent seeder for one file (DHT, LSD, UPnP, NAT-PMP and uTP off: loopback only)."""
-    from datasetd.manifest import TorrentSettings
-    from datasetd.sources import _libtorrent
-    from datasetd.sources._torrent_types import AddRequest
+    from datasetd.config.manifest import TorrentSettings
+    from datasetd.sources.torrent import session as _libtorrent
+    from datasetd.sources.torrent.types import AddRequest
 
     _port_free(ip, port, "the demo's BitTorrent seeder")
     _libtorrent.make_torrent(data, torrent)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from datasetd.manifest import Component
+from datasetd.config.manifest import Component
 
 
 @dataclass(frozen=True)

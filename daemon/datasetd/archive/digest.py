@@ -1,0 +1,56 @@
+"""Whole-file digests checked against a component's pins: the one way datasetd hashes an archive.
+
+Used for a torrent's finished file (libtorrent's piece hashes prove the file matches the
+torrent, not that the torrent matches the manifest), for a download found already in place,
+and for the archive digest of the index pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasetd.config.manifest import Component
+from datasetd.errors import TemporaryError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Digests:
+    size: int
+    sha256: str
+    md5: str | None
+
+
+def hash_file(path: Path, *, md5: bool, stop: threading.Event,
+              progress: Callable[[int], None] = lambda _: None) -> Digests:
+    """sha256 (and md5 if asked) of `path`; TemporaryError if `stop` is set meanwhile."""
+    sha = hashlib.sha256()
+    m5 = hashlib.md5(usedforsecurity=False) if md5 else None
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            if m5 is not None:
+                m5.update(chunk)
+            size += len(chunk)
+            if size % (64 * CHUNK) == 0:
+                progress(size)
+                if stop.is_set():
+                    raise TemporaryError(f"{path}: stopped while checking its digest", 0)
+    return Digests(size, sha.hexdigest(), m5.hexdigest() if m5 is not None else None)
+
+
+def mismatch(component: Component, d: Digests) -> tuple[str, str, str] | None:
+    """(what, expected, actual) for the first pin the digests break, or None."""
+    if component.size is not None and d.size != component.size:
+        return "size", str(component.size), str(d.size)
+    if component.sha256 is not None and d.sha256 != component.sha256.lower():
+        return "sha256", component.sha256.lower(), d.sha256
+    if component.md5 is not None and d.md5 != component.md5.lower():
+        return "md5", component.md5.lower(), str(d.md5)
+    return None

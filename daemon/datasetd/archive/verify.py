@@ -1,0 +1,62 @@
+"""Proving a unit: exact member set, sizes, and sha256 of the bytes read back from disk.
+
+`verify_folder` runs in worker processes; `digest_list` renders the
+`sha256sum -c` compatible list kept under <root>/.datasetd/sha256/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from datasetd.state.fswalk import list_files
+
+CHUNK = 1 << 20
+FileRecord = tuple[str, int, str]
+
+
+def verify_folder(folder: Path, records: list[FileRecord]) -> list[str]:
+    """Every problem found, one line each naming the file; empty means verified."""
+    listing = list_files(folder)
+    problems = [f"{folder}/{p}" for p in listing.problems]
+    expected = {name: (size, digest) for name, size, digest in records}
+    for name in sorted(set(listing.files) - set(expected)):
+        problems.append(f"{folder}/{name}: not in the archive (unexpected file)")
+    for name, (size, digest) in sorted(expected.items()):
+        actual_size = listing.files.get(name)
+        if actual_size is None:
+            problems.append(f"{folder}/{name}: missing")
+        elif actual_size != size:
+            problems.append(f"{folder}/{name}: size {actual_size}, expected {size}")
+        else:
+            actual = file_sha256(folder / name)
+            if actual != digest:
+                problems.append(f"{folder}/{name}: sha256 {actual}, expected {digest}")
+    return problems
+
+
+def file_sha256(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        h = hashlib.sha256()
+        while chunk := os.read(fd, CHUNK):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def digest_list(records: Iterable[FileRecord], prefix: str) -> str:
+    """`sha256sum -c` format, names relative to the component directory (`into`)."""
+    lines = []
+    for name, _size, digest in sorted(records):
+        path = f"{prefix}{name}"
+        if "\\" in path or "\n" in path:
+            # GNU coreutils escape format: a leading backslash marks an escaped name.
+            path = path.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(f"\\{digest}  {path}\n")
+        else:
+            lines.append(f"{digest}  {path}\n")
+    return "".join(lines)

@@ -1,0 +1,400 @@
+"""Manifest v1: TOML in, typed frozen objects out, every error with its key path.
+
+The schema is documented in manifests/README.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import ClassVar, Literal
+
+from datasetd.config.reader import Reader, parse_duration
+from datasetd.errors import ManifestError
+
+Unpack = Literal["none", "tar", "class-tars"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+STATE_DIR = ".datasetd"
+
+
+@dataclass(frozen=True)
+class FileSource:
+    kind: ClassVar[str] = "file"  # the key of sources.registry
+    path: Path
+
+
+@dataclass(frozen=True)
+class HttpAuth:
+    bearer_env: str | None = None
+    user_env: str | None = None
+    password_env: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpSource:
+    kind: ClassVar[str] = "http"
+    url: str
+    file: Path
+    mirrors: tuple[str, ...] = ()
+    auth: HttpAuth | None = None
+    connections: int = 4
+    segment_threshold: int = 64 * 1024 * 1024
+    stall_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class TorrentSource:
+    kind: ClassVar[str] = "torrent"
+    torrent: str
+    file: str
+    save_path: Path
+    web_seeds: tuple[str, ...] = ()
+    mirrors: tuple[str, ...] = ()
+
+
+Source = FileSource | HttpSource | TorrentSource
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    source: Source
+    unpack: Unpack
+    into: Path | None
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    after: tuple[str, ...] = ()
+    enabled: bool = True
+    keep_archive: bool = True
+
+    @property
+    def archive(self) -> Path:
+        """Where the archive is (file source) or lands (downloads)."""
+        src = self.source
+        if isinstance(src, FileSource):
+            return src.path
+        if isinstance(src, HttpSource):
+            return src.file
+        return src.save_path / src.file
+
+    @property
+    def downloaded(self) -> bool:
+        return not isinstance(self.source, FileSource)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    reconcile_every: float = 600.0
+    deep_verify_every: float = 7 * 86400.0
+    stop_timeout: float = 30.0
+    metrics: str | None = None
+
+
+@dataclass(frozen=True)
+class TorrentSettings:
+    listen_interfaces: str = "0.0.0.0:6881,[::]:6881"
+    dht: bool = True
+    lsd: bool = True
+    upnp: bool = False
+    natpmp: bool = False
+    utp: bool = True
+    download_rate_limit: int = 0
+    upload_rate_limit: int = 0
+    trackers: tuple[str, ...] = ()
+    dht_bootstrap_nodes: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    seed_ratio: float | None = None
+    seed_time: float | None = None
+    stall_timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    sha256: str
+    root: Path
+    daemon: DaemonSettings
+    torrent: TorrentSettings
+    components: Mapping[str, Component]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def enabled(self) -> list[Component]:
+        return [c for c in self.components.values() if c.enabled]
+
+
+def load(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a manifest file; raise ManifestError naming the key and the fix."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ManifestError(str(p), "", f"cannot read: {e.strerror}", "check the path") from e
+    return parse(raw, p)
+
+
+def parse(raw: bytes, path: Path) -> Manifest:
+    fname = str(path)
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as e:
+        raise ManifestError(fname, "", f"not UTF-8 at byte {e.start}", "save it as UTF-8") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(fname, "", f"TOML syntax error: {e}", "fix the TOML syntax") from e
+    top = Reader(fname, "", data)
+    version = top.integer("version", required=True)
+    if version != 1:
+        raise ManifestError(fname, "version", f"unsupported version {version}", "use version = 1")
+    root = _root(top, path)
+    daemon = _daemon(top.table("daemon"))
+    torrent = _torrent(top.table("torrent"))
+    comps_reader = top.table("components")
+    components: dict[str, Component] = {}
+    for name in comps_reader.keys():  # noqa: SIM118 (Reader is not a mapping)
+        if not NAME_RE.fullmatch(name):  # match() would let a trailing newline through `$`
+            raise ManifestError(
+                fname, comps_reader.key(name), "invalid component name",
+                "use letters, digits, '_' and '-', starting with a letter or digit",
+            )
+        components[name] = _component(comps_reader.table(name), name, root)
+    top.done({"version", "root", "daemon", "torrent", "components"})
+    comps_reader.done(set(components))
+    if not components:
+        raise ManifestError(fname, "components", "no components", "add a [components.NAME] table")
+    _check_graph(fname, components)
+    _check_targets(fname, components)
+    _check_archives(fname, components)
+    return Manifest(
+        path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest(), root=root,
+        daemon=daemon, torrent=torrent, components=components,
+    )
+
+
+def _root(top: Reader, manifest_path: Path) -> Path:
+    value = top.string("root", required=True)
+    assert value is not None
+    root = Path(value)
+    if not root.is_absolute():
+        root = manifest_path.resolve().parent / root
+    root = Path(os.path.normpath(root))
+    if str(root).startswith("//"):  # POSIX leaves a leading `//` implementation-defined; on Linux it is `/`
+        root = Path("/" + str(root).lstrip("/"))
+    if root == Path("/") or (root.parent == Path("/") and root.name in _SYSTEM_DIRS):
+        raise ManifestError(
+            top.file, "root", f"{root} is a system directory", "use a dedicated data directory"
+        )
+    return root
+
+
+_SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib64", "proc", "run", "sbin", "sys", "usr", "var"}
+
+
+def _daemon(r: Reader) -> DaemonSettings:
+    d = DaemonSettings()
+    workers = r.integer("workers", minimum=1, maximum=256)
+    out = DaemonSettings(
+        workers=workers if workers is not None else d.workers,
+        reconcile_every=r.duration("reconcile_every", d.reconcile_every),
+        deep_verify_every=r.duration("deep_verify_every", d.deep_verify_every),
+        stop_timeout=r.duration("stop_timeout", d.stop_timeout),
+        metrics=r.string("metrics"),
+    )
+    r.done({"workers", "reconcile_every", "deep_verify_every", "stop_timeout", "metrics"})
+    return out
+
+
+def _torrent(r: Reader) -> TorrentSettings:
+    d = TorrentSettings()
+    seed = r.table("seed_after_download")
+    ratio = seed.number("ratio")
+    seed_time = seed.duration("time", 0.0) or None
+    seed.done({"ratio", "time"})
+    out = TorrentSettings(
+        listen_interfaces=r.string("listen_interfaces") or d.listen_interfaces,
+        dht=r.boolean("dht", d.dht),
+        lsd=r.boolean("lsd", d.lsd),
+        upnp=r.boolean("upnp", d.upnp),
+        natpmp=r.boolean("natpmp", d.natpmp),
+        utp=r.boolean("utp", d.utp),
+        download_rate_limit=r.integer("download_rate_limit", minimum=0) or 0,
+        upload_rate_limit=r.integer("upload_rate_limit", minimum=0) or 0,
+        trackers=r.strings("trackers"),
+        dht_bootstrap_nodes=r.strings("dht_bootstrap_nodes"),
+        peers=r.strings("peers"),
+        seed_ratio=ratio,
+        seed_time=seed_time,
+        stall_timeout=r.duration("stall_timeout", d.stall_timeout),
+    )
+    r.done({
+        "listen_interfaces", "dht", "lsd", "upnp", "natpmp", "utp", "download_rate_limit",
+        "upload_rate_limit", "trackers", "dht_bootstrap_nodes", "peers",
+        "seed_after_download", "stall_timeout",
+    })
+    return out
+
+
+_COMMON = {"source", "size", "sha256", "md5", "unpack", "into", "after", "enabled", "keep_archive"}
+_BY_SOURCE = {
+    "file": {"path"},
+    "http": {"url", "mirrors", "file", "auth", "connections", "segment_threshold", "stall_timeout"},
+    "torrent": {"torrent", "file", "save_path", "web_seeds", "mirrors"},
+}
+
+
+def _component(r: Reader, name: str, root: Path) -> Component:
+    kind = r.choice("source", ("file", "http", "torrent"), required=True)
+    assert kind is not None
+    source = _source(r, kind, root)
+    unpack = r.choice("unpack", ("none", "tar", "class-tars")) or "none"
+    into_raw = r.string("into")
+    if unpack != "none" and into_raw is None:
+        raise ManifestError(r.file, r.key("into"), f"required when unpack = {unpack!r}",
+                            'name a directory under root, e.g. into = "train"')
+    if unpack == "none" and into_raw is not None:
+        raise ManifestError(r.file, r.key("into"), 'only meaningful with unpack = "tar" or "class-tars"',
+                            "remove it or set unpack")
+    into = _under_root(r, "into", into_raw, root) if into_raw is not None else None
+    if into is not None and into == root:
+        raise ManifestError(r.file, r.key("into"), "must be a directory below root, not root itself",
+                            'e.g. into = "train"')
+    comp = Component(
+        name=name, source=source, unpack=unpack, into=into,  # type: ignore[arg-type]
+        size=r.integer("size", minimum=0), sha256=r.hexdigest("sha256", 64),
+        md5=r.hexdigest("md5", 32), after=r.strings("after"),
+        enabled=r.boolean("enabled", True), keep_archive=r.boolean("keep_archive", True),
+    )
+    r.done(_COMMON | _BY_SOURCE[kind])
+    return comp
+
+
+def _source(r: Reader, kind: str, root: Path) -> Source:
+    if kind == "file":
+        raw = r.string("path", required=True)
+        assert raw is not None
+        p = Path(raw)
+        path = p if p.is_absolute() else _under_root(r, "path", raw, root)
+        return FileSource(path=Path(os.path.normpath(path)))
+    if kind == "http":
+        url = r.url("url", required=True)
+        assert url is not None
+        file = _under_root(r, "file", r.string("file", required=True), root)
+        auth_r = r.table("auth")
+        auth = None
+        if auth_r.keys():
+            auth = HttpAuth(bearer_env=auth_r.env_name("bearer_env"),
+                            user_env=auth_r.env_name("user_env"),
+                            password_env=auth_r.env_name("password_env"))
+            auth_r.done({"bearer_env", "user_env", "password_env"})
+            if (auth.user_env is None) != (auth.password_env is None):
+                raise ManifestError(r.file, r.key("auth"), "user_env and password_env go together",
+                                    "set both, or use bearer_env")
+        return HttpSource(
+            url=url, file=file, mirrors=r.urls("mirrors"), auth=auth,
+            connections=r.integer("connections", minimum=1, maximum=32) or 4,
+            segment_threshold=r.integer("segment_threshold", minimum=0) or 64 * 1024 * 1024,
+            stall_timeout=r.duration("stall_timeout", 60.0),
+        )
+    torrent = r.string("torrent", required=True)
+    inner_name = r.string("file", required=True)
+    assert torrent is not None and inner_name is not None
+    inner = PurePosixPath(inner_name)
+    if inner.is_absolute() or ".." in inner.parts:
+        raise ManifestError(r.file, r.key("file"), "must be a relative path inside the torrent",
+                            "give the file's path as the torrent lists it")
+    save_raw = r.string("save_path")
+    save_path = _under_root(r, "save_path", "downloads" if save_raw is None else save_raw, root)
+    return TorrentSource(torrent=torrent, file=inner_name, save_path=save_path,
+                         web_seeds=r.urls("web_seeds"), mirrors=r.urls("mirrors"))
+
+
+def _under_root(r: Reader, key: str, raw: str | None, root: Path) -> Path:
+    assert raw is not None
+    p = PurePosixPath(raw)
+    full = Path(os.path.normpath(root / p))
+    if p.is_absolute() and not full.is_relative_to(root):
+        raise ManifestError(r.file, r.key(key), f"{raw!r} is outside root {root}",
+                            "use a path relative to root")
+    if not full.is_relative_to(root) or raw.strip() == "":
+        raise ManifestError(r.file, r.key(key), f"{raw!r} escapes root {root}",
+                            "use a path relative to root without '..'")
+    rel = full.relative_to(root)
+    if rel.parts and rel.parts[0] == STATE_DIR:
+        raise ManifestError(r.file, r.key(key), f"{raw!r} is inside datasetd's state directory",
+                            "choose another directory")
+    return full
+
+
+def _check_graph(fname: str, comps: Mapping[str, Component]) -> None:
+    for c in comps.values():
+        for dep in c.after:
+            if dep not in comps:
+                raise ManifestError(fname, f"components.{c.name}.after",
+                                    f"unknown component {dep!r}",
+                                    f"known: {', '.join(sorted(comps))}")
+            if dep == c.name:
+                raise ManifestError(fname, f"components.{c.name}.after", "depends on itself",
+                                    "remove it from its own after list")
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name):], name]
+            raise ManifestError(fname, f"components.{name}.after",
+                                "dependency cycle: " + " -> ".join(cycle),
+                                "remove one of these after entries")
+        state[name] = 1
+        for dep in comps[name].after:
+            visit(dep, [*trail, name])
+        state[name] = 2
+
+    for name in comps:
+        visit(name, [])
+
+
+def _check_targets(fname: str, comps: Mapping[str, Component]) -> None:
+    """Two components may not write into the same or nested directories or archive files."""
+    claimed: list[tuple[Path, str]] = []
+    for c in comps.values():
+        if c.into is not None:
+            claimed.append((c.into, f"components.{c.name}.into"))
+        if c.downloaded:
+            claimed.append((c.archive, f"components.{c.name}.{_archive_key(c)}"))
+    for i, (a, ka) in enumerate(claimed):
+        for b, kb in claimed[:i]:
+            if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+                raise ManifestError(fname, ka, f"{a} overlaps {kb} ({b})",
+                                    "give every component its own directory and file")
+
+
+def _check_archives(fname: str, comps: Mapping[str, Component]) -> None:
+    """A file archive inside an `into` is deleted when that directory, or a class folder in it, is replaced."""
+    for c in comps.values():
+        if not isinstance(c.source, FileSource):
+            continue
+        for other in comps.values():
+            if other.into is not None and c.archive.is_relative_to(other.into):
+                raise ManifestError(fname, f"components.{c.name}.path",
+                                    f"{c.archive} is inside components.{other.name}.into ({other.into}), "
+                                    "which datasetd replaces", "keep archives outside every into directory")
+
+
+def _archive_key(c: Component) -> str:
+    return "file" if isinstance(c.source, HttpSource) else "save_path"
+
+
+__all__ = [
+    "Component", "DaemonSettings", "FileSource", "HttpAuth", "HttpSource", "Manifest",
+    "TorrentSettings", "TorrentSource", "load", "parse", "parse_duration",
+]

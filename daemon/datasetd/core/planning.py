@@ -1,0 +1,243 @@
+"""The planner: a pure function from (manifest, observed state) to the next actions.
+
+Level-triggered (kopf's model): it never remembers what it did; it looks at
+what is, and says the next step for each unit. The class-tar protocol lives
+here as a table (design.md): the executor re-observes after every step and
+asks again, so a crash anywhere resumes at the right step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasetd.config.manifest import Component, Manifest
+from datasetd.core.model import (
+    FLAT,
+    Action,
+    AdoptUnit,
+    ArchiveState,
+    Blocked,
+    ComponentState,
+    DeleteArchive,
+    DeleteClassTar,
+    ExtractUnit,
+    Fetch,
+    IndexArchive,
+    Journal,
+    MarkProcessed,
+    Observed,
+    Origin,
+    UnitState,
+    VerifyUnit,
+)
+
+BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class UnitPaths:
+    folder: Path
+    partial: Path
+    old: Path  # where a folder that failed its check waits while its replacement is renamed in
+    plain_tar: Path
+    marked_tar: Path
+
+
+def unit_paths(comp: Component, unit: str) -> UnitPaths:
+    assert comp.into is not None
+    if unit == FLAT:
+        parent, name = comp.into.parent, comp.into.name
+        return UnitPaths(comp.into, parent / f".{name}.partial", parent / f".{name}.old",
+                         parent / f"{name}.tar", parent / f"Z_{name}.tar")
+    into = comp.into
+    return UnitPaths(into / unit, into / f".{unit}.partial", into / f".{unit}.old",
+                     into / f"{unit}.tar", into / f"Z_{unit}.tar")
+
+
+def plan(manifest: Manifest, observed: Observed) -> list[Action]:
+    """Every action that can start now, in dependency order."""
+    actions: list[Action] = []
+    for comp in manifest.enabled():
+        state = observed.components.get(comp.name)
+        if state is None:
+            continue
+        waiting = [d for d in comp.after if not is_ready(manifest.components[d],
+                                                          observed.components.get(d))]
+        if waiting:
+            continue
+        actions.extend(plan_component(comp, state))
+    return actions
+
+
+def is_ready(comp: Component, state: ComponentState | None) -> bool:
+    """Converged: the component's result is on disk, verified, and nothing is left to clean."""
+    if state is None or not comp.enabled:
+        return False
+    if comp.unpack == "none":
+        return state.archive.present and state.archive.verified
+    return state.archive.indexed and not plan_component(comp, state)
+
+
+def plan_component(comp: Component, state: ComponentState) -> list[Action]:
+    archive = state.archive
+    if comp.unpack == "none":
+        if archive.present and archive.verified:
+            return []
+        return [_archive_step(comp, archive)]
+    if not archive.indexed:
+        return [_archive_step(comp, archive)]
+    actions: list[Action] = []
+    needs_archive = False
+    for unit in state.units:
+        action = plan_unit(comp, archive, unit)
+        if action is _NEEDS_ARCHIVE:
+            needs_archive = True
+        elif action is not None:
+            actions.append(action)
+    if needs_archive:
+        actions.append(_archive_step(comp, archive))
+    if not actions and _may_delete_archive(comp, archive):
+        actions.append(DeleteArchive(comp.name, path=comp.archive))
+    return actions
+
+
+def _archive_step(comp: Component, archive: ArchiveState) -> Action:
+    if archive.present and archive.verified and not archive.indexed:
+        return IndexArchive(comp.name, path=comp.archive)  # fetched (and hashed), members not listed yet
+    if archive.present and not archive.verified:
+        # A download may be partial (a torrent writes in place) or predate a lost journal: its
+        # source checks what is there and resumes. A file source's archive is hashed as it is.
+        return Fetch(comp.name) if comp.downloaded else IndexArchive(comp.name, path=comp.archive)
+    if archive.present:
+        # verified and indexed, yet a unit cannot locate its bytes: a bug, not a user error
+        return Blocked(comp.name, reason=f"{comp.archive}: archive indexed but a unit has no origin")
+    if comp.downloaded:
+        return Fetch(comp.name)
+    return Blocked(comp.name, reason=f"{comp.archive}: archive not found; "
+                   f"put it there or fix components.{comp.name}.path")
+
+
+def _may_delete_archive(comp: Component, archive: ArchiveState) -> bool:
+    return comp.downloaded and not comp.keep_archive and archive.present and archive.verified
+
+
+class _NeedsArchive(Action):
+    pass
+
+
+_NEEDS_ARCHIVE = _NeedsArchive("")
+
+
+def plan_unit(comp: Component, archive: ArchiveState, unit: UnitState) -> Action | None:
+    """The class-tar protocol: one row of design.md's table per branch."""
+    if unit.index.problem:
+        return Blocked(comp.name, reason=unit.index.problem, unit=unit.name)
+    paths = unit_paths(comp, unit.name)
+    loose = _loose_path(paths, unit)
+    if unit.journal is Journal.VERIFIED and unit.folder and unit.intact:
+        return DeleteClassTar(comp.name, unit.name, tar=loose) if loose else None
+    if unit.journal is Journal.EXTRACTED and unit.folder and unit.intact:
+        if loose is not None and loose == paths.plain_tar:
+            return MarkProcessed(comp.name, unit.name, tar=loose, marked=paths.marked_tar)
+        return VerifyUnit(comp.name, unit.name, folder=paths.folder)
+    origin = _origin(comp, archive, unit, loose)
+    if origin is None:
+        return _NEEDS_ARCHIVE
+    if unit.folder and unit.journal is Journal.NONE:
+        return AdoptUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
+                         old=paths.old, expected_bytes=unit.index.bytes)
+    # No folder, or a recorded folder that lost files or changed size: extract (again).
+    return ExtractUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
+                       old=paths.old, expected_bytes=unit.index.bytes, replace=unit.folder)
+
+
+def _loose_path(paths: UnitPaths, unit: UnitState) -> Path | None:
+    if unit.loose_tar is None or not unit.loose_tar_ok:
+        return None
+    return paths.marked_tar if unit.loose_tar.startswith("Z_") else paths.plain_tar
+
+
+def _origin(comp: Component, archive: ArchiveState, unit: UnitState, loose: Path | None) -> Origin | None:
+    idx = unit.index
+    if loose is not None:
+        return Origin(path=loose, offset=0, size=idx.size, sha256=idx.sha256, loose=True)
+    if archive.present and archive.verified:
+        return Origin(path=comp.archive, offset=idx.offset, size=idx.size, sha256=idx.sha256, loose=False)
+    return None
+
+
+# ---- what a plan costs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Need:
+    """Space the plan will consume under `path` (bytes rounded up to blocks, inodes)."""
+
+    component: str
+    path: Path
+    bytes: int
+    inodes: int
+    inodes_known: bool = True
+
+
+def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
+    """Peak additional space until convergence (archives are deleted only at the end)."""
+    needs: list[Need] = []
+    for comp in manifest.enabled():
+        state = observed.components.get(comp.name)
+        if state is None:
+            continue
+        archive = state.archive
+        units_missing = [u for u in state.units if not unit_done(u)]
+        archive_needed = comp.unpack == "none" or not archive.indexed or any(
+            _loose_path(unit_paths(comp, u.name), u) is None for u in units_missing)
+        if comp.downloaded and not archive.present and archive_needed:
+            needs.append(Need(comp.name, comp.archive, _blocks(comp.size or 0), 1))
+        if comp.unpack == "none" or comp.into is None:
+            continue
+        if not archive.indexed:
+            # Upper bound until the index pass counts members: extracted bytes <= tar bytes.
+            needs.append(Need(comp.name, comp.into, _blocks(comp.size or archive.size or 0), 0, False))
+            continue
+        needs.append(Need(
+            comp.name, comp.into,
+            sum(_blocks(u.index.bytes) + BLOCK * (u.index.files + u.index.dirs) // 16 for u in units_missing),
+            sum(u.index.files + u.index.dirs + 1 for u in units_missing),
+        ))
+    return needs
+
+
+def unit_done(unit: UnitState) -> bool:
+    """On disk as recorded (extracted or verified): what no longer needs space or extraction."""
+    return unit.folder and unit.intact and unit.journal is not Journal.NONE
+
+
+def _blocks(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+@dataclass(frozen=True)
+class Traffic:
+    read: int
+    write: int
+
+
+def traffic(actions: Iterable[Action], manifest: Manifest, observed: Observed) -> Traffic:
+    """Bytes the given actions will read and write (for `datasetd plan`)."""
+    read = write = 0
+    for a in actions:
+        comp = manifest.components[a.component]
+        state = observed.components[a.component]
+        units = {u.name: u for u in state.units}
+        if isinstance(a, Fetch):
+            write += comp.size or 0
+        elif isinstance(a, IndexArchive):
+            read += state.archive.size or comp.size or 0
+        elif isinstance(a, ExtractUnit | AdoptUnit):
+            read += a.origin.size
+            write += a.expected_bytes if isinstance(a, ExtractUnit) else 0
+        elif isinstance(a, VerifyUnit):
+            read += units[a.unit].index.bytes
+    return Traffic(read, write)

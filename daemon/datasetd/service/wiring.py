@@ -1,0 +1,54 @@
+"""What the daemon sets up once per process and shows the outside: transports, metrics, the STATUS= line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from datasetd import logs
+from datasetd.errors import ManifestError, UsageError
+from datasetd.service.metrics import MetricsServer, parse_address
+from datasetd.state.status import StatusBoard
+
+STATUS_MAX = 240
+
+
+def status_line(snap: Mapping[str, Any]) -> str:
+    """One line for `systemctl status`, e.g. "running: train unpacking 412/1000 classes; val ready"."""
+    parts = [_component_line(name, c) for name, c in sorted(snap.get("components", {}).items())]
+    line = f"{snap.get('state')}: " + "; ".join(parts)
+    if snap.get("manifest_error"):
+        line += "; manifest edit rejected (see status.json)"
+    if snap.get("pass_error"):
+        line += f"; {snap['pass_error']}"
+    return line if len(line) <= STATUS_MAX else line[: STATUS_MAX - 3] + "..."
+
+
+def _component_line(name: str, c: Mapping[str, Any]) -> str:
+    phase = c.get("phase")
+    if phase in ("fetching", "unpacking", "verifying"):
+        if c.get("classes_total"):
+            return f"{name} {phase} {c['classes_done']}/{c['classes_total']} classes"
+        if c.get("files_total"):
+            return f"{name} {phase} {c['files_done']}/{c['files_total']} files"
+        if c.get("bytes_total"):
+            return f"{name} {phase} {100 * c.get('bytes_done', 0) // c['bytes_total']}%"
+    return f"{name} {phase}"
+
+
+def serve_metrics(path: Path, address: str, board: StatusBoard) -> MetricsServer:
+    """Start the endpoint and publish where it listens (port 0 picks one) in status.json as "metrics"."""
+    try:
+        host, port = parse_address(address)
+    except ValueError:
+        raise ManifestError(str(path), "daemon.metrics", f"{address!r} is not HOST:PORT",
+                            'e.g. metrics = "127.0.0.1:9877"') from None
+    try:
+        server = MetricsServer(host, port, board.snapshot)
+    except OSError as exc:
+        raise UsageError(f"{path}: daemon.metrics: cannot listen on {address} ({exc.strerror}); "
+                         "choose a free port") from None
+    board.extra["metrics"] = server.address
+    logs.get().info("metrics.started", address=server.address)
+    return server

@@ -1,0 +1,68 @@
+"""The one way to make state durable (the model is borg's SaveFile).
+
+A crash can happen between any two system calls, and a power loss can drop
+anything not yet flushed. Each helper here says which of those it survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries: makes a finished rename/create/unlink in it survive power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def save_file(path: Path, mode: str = "w") -> Iterator[IO[str]]:
+    """Write `path` atomically: readers see the old or the new file, never a mix.
+
+    Temp file in the same directory (rename is atomic only within a filesystem),
+    removed if the body raises; fsync before rename so a power loss cannot leave
+    the new name pointing at empty data; fsync the directory so the rename itself
+    survives power loss.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with save_file(path) as f:
+        f.write(text)
+
+
+def write_text_fast(path: Path, text: str) -> None:
+    """Atomic replace without flushing: survives a process crash (readers never see a
+    torn file) but not power loss. For status.json, rewritten every second; a lost
+    update after power loss is rewritten on the next start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

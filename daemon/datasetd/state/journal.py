@@ -1,0 +1,197 @@
+"""The journal: a SQLite cache of verified facts in <root>/.datasetd/journal.sqlite.
+
+Only the coordinating process writes it. It is a cache, never the truth: if it
+is lost, units are re-proved against their tars (adoption), never trusted.
+WAL mode; `synchronous=FULL` around the commits that allow a delete.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasetd.core.model import Journal, UnitIndex
+from datasetd.errors import PermanentError
+
+FileRecord = tuple[str, int, str]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS archive (
+    component TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, dev INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, md5 TEXT, indexed INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS unit_index (
+    component TEXT NOT NULL, archive_sha256 TEXT NOT NULL, unit TEXT NOT NULL,
+    offset INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    files INTEGER NOT NULL, dirs INTEGER NOT NULL, bytes INTEGER NOT NULL, problem TEXT,
+    PRIMARY KEY (component, archive_sha256, unit)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unit (
+    component TEXT NOT NULL, unit TEXT NOT NULL, archive_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL, files INTEGER NOT NULL, bytes INTEGER NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (component, unit)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS file (
+    component TEXT NOT NULL, unit TEXT NOT NULL, name TEXT NOT NULL,
+    size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    PRIMARY KEY (component, unit, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS step (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, component TEXT NOT NULL, unit TEXT NOT NULL,
+    action TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    path: str
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+    sha256: str
+    md5: str | None
+    indexed: bool
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    state: Journal
+    archive_sha256: str
+    files: int
+    bytes: int
+
+
+class JournalDB:
+    def __init__(self, state_dir: Path | None) -> None:
+        if state_dir is None:  # `plan` and `status` on a root datasetd never touched: write nothing
+            self.path = Path(":memory:")
+            self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        else:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self.path = state_dir / "journal.sqlite"
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def in_memory(cls) -> JournalDB:
+        return cls(None)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A journal that cannot be written stops the run: nothing may proceed unrecorded."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            raise PermanentError(f"{self.path}: the journal cannot be written ({e}); free space on its "
+                                 "filesystem (or fix its permissions) and run again: verified data is kept") from e
+
+    @contextmanager
+    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        # durable: the commit reaches the disk before we return, because a delete follows it
+        with self._guard():
+            if durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            finally:
+                if durable:
+                    self.db.execute("PRAGMA synchronous=NORMAL")
+
+    # ---- archives ------------------------------------------------------------------------
+
+    def archive(self, component: str) -> ArchiveRow | None:
+        row = self.db.execute(
+            "SELECT path, size, mtime_ns, ino, dev, sha256, md5, indexed FROM archive WHERE component=?",
+            (component,)).fetchone()
+        return ArchiveRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7])) if row else None
+
+    def record_archive(self, component: str, row: ArchiveRow, units: list[UnitIndex] | None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO archive VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (component, row.path, row.size, row.mtime_ns, row.ino, row.dev, row.sha256,
+                        row.md5, int(row.indexed), time.time()))
+            if units is not None:
+                db.execute("DELETE FROM unit_index WHERE component=? AND archive_sha256=?",
+                           (component, row.sha256))
+                db.executemany(
+                    "INSERT INTO unit_index VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [(component, row.sha256, u.name, u.offset, u.size, u.sha256, u.files, u.dirs,
+                      u.bytes, u.problem) for u in units])
+
+    def forget_archive(self, component: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM archive WHERE component=?", (component,))
+
+    def unit_index(self, component: str, archive_sha256: str) -> list[UnitIndex]:
+        rows = self.db.execute(
+            "SELECT unit, offset, size, sha256, files, dirs, bytes, problem FROM unit_index "
+            "WHERE component=? AND archive_sha256=? ORDER BY unit", (component, archive_sha256))
+        return [UnitIndex(*r) for r in rows]
+
+    # ---- units ---------------------------------------------------------------------------
+
+    def units(self, component: str) -> dict[str, UnitRow]:
+        rows = self.db.execute(
+            "SELECT unit, state, archive_sha256, files, bytes FROM unit WHERE component=?", (component,))
+        return {r[0]: UnitRow(Journal(r[1]), r[2], r[3], r[4]) for r in rows}
+
+    def files(self, component: str, unit: str) -> list[FileRecord]:
+        rows = self.db.execute("SELECT name, size, sha256 FROM file WHERE component=? AND unit=?",
+                               (component, unit))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def file_sizes(self, component: str, unit: str) -> dict[str, int]:
+        rows = self.db.execute("SELECT name, size FROM file WHERE component=? AND unit=?", (component, unit))
+        return dict(rows.fetchall())
+
+    def record_extracted(self, component: str, unit: str, archive_sha256: str,
+                         files: list[FileRecord]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
+            db.executemany("INSERT INTO file VALUES (?,?,?,?,?)",
+                           [(component, unit, n, s, d) for n, s, d in files])
+            db.execute("INSERT OR REPLACE INTO unit VALUES (?,?,?,?,?,?,?)",
+                       (component, unit, archive_sha256, Journal.EXTRACTED.value, len(files),
+                        sum(f[1] for f in files), time.time()))
+
+    def mark_verified(self, component: str, units: Iterable[str]) -> None:
+        """Durable: once this returns, the executor may delete these units' tars."""
+        with self._tx(durable=True) as db:
+            db.executemany("UPDATE unit SET state=?, at=? WHERE component=? AND unit=?",
+                           [(Journal.VERIFIED.value, time.time(), component, u) for u in units])
+
+    def forget_unit(self, component: str, unit: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM unit WHERE component=? AND unit=?", (component, unit))
+            db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
+
+    # ---- steps: the record of work done, so a no-op can be proved ------------------------
+
+    def step(self, component: str, unit: str, action: str, outcome: str, detail: str = "") -> None:
+        with self._guard():
+            self._step(component, unit, action, outcome, detail)
+
+    def _step(self, component: str, unit: str, action: str, outcome: str, detail: str) -> None:
+        self.db.execute("INSERT INTO step (at, component, unit, action, outcome, detail) VALUES (?,?,?,?,?,?)",
+                        (time.time(), component, unit, action, outcome, detail))
+
+    def steps(self, action: str | None = None) -> list[tuple[str, str, str, str]]:
+        sql = "SELECT component, unit, action, outcome FROM step"
+        args: tuple[str, ...] = ()
+        if action is not None:
+            sql += " WHERE action=?"
+            args = (action,)
+        return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(sql + " ORDER BY id", args)]

@@ -1,0 +1,138 @@
+"""Observation: read the disk and the journal into `Observed`. Never writes anything.
+
+Cheap by design so a no-op apply stays fast: archives are trusted by
+fingerprint (path, size, mtime, inode) against the journal, folders by a
+listing of names and sizes; bytes are re-hashed only by `verify`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasetd.config.manifest import Component, Manifest
+from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Observed, UnitIndex, UnitState
+from datasetd.core.planning import Need, unit_paths
+from datasetd.state.fswalk import list_files
+from datasetd.state.journal import ArchiveRow, JournalDB, UnitRow
+
+
+def observe(manifest: Manifest, journal: JournalDB) -> Observed:
+    return Observed(components={c.name: observe_component(c, journal)
+                                for c in manifest.components.values()})
+
+
+def observe_component(comp: Component, journal: JournalDB) -> ComponentState:
+    row = journal.archive(comp.name)
+    st = _lstat_file(comp.archive)
+    present = st is not None
+    verified = st is not None and row is not None and _matches(comp, row, st)
+    archive_sha = row.sha256 if row is not None and (verified or (not present and _pins_ok(comp, row))) else None
+    indexed = comp.unpack != "none" and row is not None and row.indexed and archive_sha is not None
+    if comp.unpack == "none":
+        indexed = verified
+    archive = ArchiveState(present=present, size=st.st_size if st else None, verified=verified,
+                           indexed=indexed)
+    units: tuple[UnitState, ...] = ()
+    if indexed and comp.unpack != "none" and archive_sha is not None:
+        rows = journal.units(comp.name)
+        units = tuple(observe_unit(comp, journal, idx, archive_sha, rows.get(idx.name))
+                      for idx in journal.unit_index(comp.name, archive_sha))
+    return ComponentState(archive=archive, units=units, archive_sha256=archive_sha)
+
+
+def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sha: str,
+                 row: UnitRow | None) -> UnitState:
+    paths = unit_paths(comp, idx.name)
+    folder = paths.folder.is_dir() and not paths.folder.is_symlink()
+    partial = os.path.lexists(paths.partial) or os.path.lexists(paths.old)
+    loose, loose_ok = None, False
+    if idx.name != FLAT:
+        for candidate in (paths.marked_tar, paths.plain_tar):
+            st = _lstat_file(candidate)
+            if st is not None:
+                loose, loose_ok = candidate.name, st.st_size == idx.size
+                break
+    state = row.state if row is not None and row.archive_sha256 == archive_sha else Journal.NONE
+    intact = folder and state is not Journal.NONE and _intact(paths.folder, journal.file_sizes(comp.name, idx.name))
+    return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder, partial=partial,
+                     journal=state, intact=intact)
+
+
+def _intact(folder: Path, recorded: dict[str, int]) -> bool:
+    listing = list_files(folder)
+    return not listing.problems and listing.files == recorded
+
+
+def _lstat_file(path: Path) -> os.stat_result | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _matches(comp: Component, row: ArchiveRow, st: os.stat_result) -> bool:
+    same_file = (row.path, row.size, row.mtime_ns, row.ino, row.dev) == (
+        str(comp.archive), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    return same_file and _pins_ok(comp, row)
+
+
+def _pins_ok(comp: Component, row: ArchiveRow) -> bool:
+    """The recorded digests are still the ones the manifest asks for (it may have been edited)."""
+    return ((comp.sha256 is None or comp.sha256 == row.sha256)
+            and (comp.md5 is None or comp.md5 == row.md5)
+            and (comp.size is None or comp.size == row.size))
+
+
+# ---- free space ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    filesystem: str
+    need_bytes: int
+    free_bytes: int
+    need_inodes: int
+    free_inodes: int
+    inodes_known: bool
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.free_bytes and self.need_inodes <= self.free_inodes
+
+
+def space_report(needs: list[Need]) -> list[Shortfall]:
+    """Needs summed per filesystem, beside what it has free."""
+    by_fs: dict[int, list[Need]] = {}
+    mounts: dict[int, str] = {}
+    for need in needs:
+        existing = _existing_ancestor(need.path)
+        dev = existing.stat().st_dev
+        by_fs.setdefault(dev, []).append(need)
+        mounts.setdefault(dev, _mount_point(existing))
+    out = []
+    for dev, group in by_fs.items():
+        vfs = os.statvfs(mounts[dev])
+        out.append(Shortfall(
+            filesystem=mounts[dev], need_bytes=sum(n.bytes for n in group),
+            free_bytes=vfs.f_bavail * vfs.f_frsize, need_inodes=sum(n.inodes for n in group),
+            free_inodes=vfs.f_favail if vfs.f_files else 2**62,  # filesystems without inode limits
+            inodes_known=all(n.inodes_known for n in group)))
+    return out
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mount_point(path: Path) -> str:
+    path = path.resolve()
+    dev = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == dev:
+        path = path.parent
+    return str(path)
