@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasetd import __version__, logs
 from datasetd.config.manifest import Manifest, load
-from datasetd.errors import DatasetdError
+from datasetd.errors import DatasetdError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -69,6 +69,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from datasetd import demo
 
         return demo.main(args.manifest)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be 1 or more (leave it out to use daemon.workers)")
     manifest = load(args.manifest)
     if args.verb == "plan":
         return commands.plan(manifest, as_json=args.json)

@@ -13,20 +13,22 @@ from datasetd.config.manifest import Manifest
 from datasetd.core.planning import plan as make_plan
 from datasetd.core.planning import space_needs, traffic
 from datasetd.core.summary import summarize
-from datasetd.engine.deepverify import Pace, recorded_units, verify_units
+from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
-from datasetd.platform import pid_alive
 from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
 from datasetd.state import status as status_mod
-from datasetd.state.journal import JournalDB
-from datasetd.state.lock import RootLock
+from datasetd.state.journal import JOURNAL_NAME, JournalDB, damage
+from datasetd.state.lock import RootLock, held_elsewhere
 from datasetd.state.observe import observe, space_report
 from datasetd.state.status import StatusBoard
 
 
 def open_journal(manifest: Manifest, create: bool = True) -> JournalDB:
-    if not create and not (manifest.state_dir / "journal.sqlite").exists():
+    """The root's journal; without `create` (plan, status: no lock held) an absent or damaged one reads
+    as empty, and only a verb holding the lock moves a damaged journal aside."""
+    path = manifest.state_dir / JOURNAL_NAME
+    if not create and (not path.exists() or damage(path) is not None):
         return JournalDB.in_memory()
     return JournalDB(manifest.state_dir)
 
@@ -105,9 +107,12 @@ def run_apply(manifest: Manifest, workers: int | None = None,
 def current_status(manifest: Manifest) -> dict[str, Any]:
     """The daemon's status.json while one runs; otherwise computed from disk and journal."""
     data = status_mod.read(manifest.state_dir / "status.json")
-    # `datasetd run` stays up once converged (or failed): while its pid lives its file is the truth,
-    # and only it knows manifest_error, pass_error and the metrics address.
-    if data and data.get("state") != "stopped" and pid_alive(data.get("pid")):
+    if not (isinstance(data, dict) and isinstance(data.get("components"), dict)):
+        data = None  # hand-edited or cut short: ignored, and rewritten by the next run
+    # `datasetd run` stays up once converged (or failed): while it holds the root's lock its file is
+    # the truth, and only it knows manifest_error, pass_error and the metrics address. A pid in the
+    # file proves nothing (edited, or recycled by another process).
+    if data and data.get("state") != "stopped" and held_elsewhere(manifest.root):
         return data
     journal = open_journal(manifest, create=False)
     observed = observe(manifest, journal)
@@ -120,7 +125,9 @@ def current_status(manifest: Manifest) -> dict[str, Any]:
     snap["pid"] = None
     if data and data.get("components"):
         for name, old in data["components"].items():
-            if name in snap["components"] and old.get("last_error") and snap["components"][name]["phase"] != "ready":
+            if not (isinstance(old, dict) and isinstance(old.get("last_error"), str)):
+                continue
+            if name in snap["components"] and snap["components"][name]["phase"] != "ready":
                 snap["components"][name]["last_error"] = old["last_error"]
     return snap
 
@@ -186,11 +193,11 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
     with RootLock(manifest.root):
         journal = JournalDB(manifest.state_dir)
         try:
-            bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers)
+            bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers, repair)
             for line in bad:
                 print(f"BAD {line}")
             if not bad:
-                print("verify: every recorded file matches")
+                print("verify: every expected file is present and matches its record")
                 return 0
             if not repair:
                 print(f"verify: {len(bad)} problem(s); run with --repair to re-extract", file=sys.stderr)
@@ -205,10 +212,9 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
     return 1
 
 
-def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], workers: int) -> list[str]:
-    recorded, unrecorded = recorded_units(manifest, journal, names)
-    bad = [f"{u.folder}: no record in the journal (unverified)" for u in unrecorded]
-    for u in unrecorded:
-        journal.forget_unit(u.component, u.name)
-    tally = verify_units(journal, recorded, Pace(workers), threading.Event())
-    return sorted(bad + tally.problems)
+def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], workers: int,
+                 repair: bool) -> list[str]:
+    # Without --repair verify only reports: records stay, so a mismatch is still seen on the next run.
+    recorded, unaccounted = account_for_manifest(manifest, journal, names)
+    tally = verify_units(journal, recorded, Pace(workers), threading.Event(), forget=repair)
+    return sorted(unaccounted + tally.problems)

@@ -34,6 +34,8 @@ EVENTS: dict[str, str] = {
     "tree.adopted": "an existing directory matched its flat tar and was adopted",
     "tree.replaced": "a directory that did not match its flat tar was replaced",
     "tree.verified": "a flat tar's directory was re-read, matched, and flushed to disk",
+    "journal.rebuilt": "the journal was damaged (not a database, cut short, failing quick_check): "
+                       "moved aside and rebuilt by re-proving the tree against its archives",
     "status.unwritable": "status.json could not be written (full disk?); work goes on, status resumes later",
     "step.failed": "an action failed permanently; the message says what to do",
     "step.retrying": "an action failed temporarily and will be retried after a delay",

@@ -19,6 +19,10 @@ FileRecord = tuple[str, int, str]
 
 def verify_folder(folder: Path, records: list[FileRecord]) -> list[str]:
     """Every problem found, one line each naming the file; empty means verified."""
+    if folder.is_symlink() or not folder.is_dir():
+        # A link in place of the folder points at files datasetd never wrote: never "clean".
+        what = "a symlink" if folder.is_symlink() else "missing or not a directory"
+        return [f"{folder}: {what}, not the folder datasetd extracted"]
     listing = list_files(folder)
     problems = [f"{folder}/{p}" for p in listing.problems]
     expected = {name: (size, digest) for name, size, digest in records}

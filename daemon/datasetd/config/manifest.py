@@ -328,10 +328,25 @@ def _under_root(r: Reader, key: str, raw: str | None, root: Path) -> Path:
         raise ManifestError(r.file, r.key(key), f"{raw!r} escapes root {root}",
                             "use a path relative to root without '..'")
     rel = full.relative_to(root)
+    _check_os_limits(r, key, raw, full)
     if rel.parts and rel.parts[0] == STATE_DIR:
         raise ManifestError(r.file, r.key(key), f"{raw!r} is inside datasetd's state directory",
                             "choose another directory")
     return full
+
+
+# Linux's NAME_MAX and PATH_MAX; room is kept below PATH_MAX for the class folder and member names.
+_NAME_MAX, _PATH_ROOM = 255, 4096 - 2 * 256
+
+
+def _check_os_limits(r: Reader, key: str, raw: str, full: Path) -> None:
+    shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+    if any(len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX for part in full.parts):
+        raise ManifestError(r.file, r.key(key), f"{shown!r} has a name longer than {_NAME_MAX} bytes",
+                            "the OS refuses it; use a shorter directory name")
+    if len(str(full).encode("utf-8", "surrogateescape")) > _PATH_ROOM:
+        raise ManifestError(r.file, r.key(key), f"{shown!r} makes a path longer than {_PATH_ROOM} bytes",
+                            "the OS refuses paths that long once files are added; use a shorter path")
 
 
 def _check_graph(fname: str, comps: Mapping[str, Component]) -> None:

@@ -71,18 +71,58 @@ def recorded_units(manifest: Manifest, journal: JournalDB,
     return recorded, unrecorded
 
 
-def record_verification(journal: JournalDB, unit: RecordedUnit, problems: list[str]) -> None:
+def account_for_manifest(manifest: Manifest, journal: JournalDB,
+                         names: list[str]) -> tuple[list[RecordedUnit], list[str]]:
+    """What `datasetd verify` re-hashes, and every expected unit it cannot vouch for.
+
+    Answers for the manifest, not for the journal: each named component's units
+    come from its archive's index; a unit missing, never extracted or unrecorded
+    is a problem, and so is a component whose archive cannot be matched to its
+    index (changed, replaced, or the journal lost): its units are then unknown,
+    and the ones the journal still records are re-hashed anyway.
+    """
+    observed = observe(manifest, journal)
+    recorded: list[RecordedUnit] = []
+    problems: list[str] = []
+    for comp in (manifest.components[n] for n in names):
+        state = observed.components[comp.name]
+        if comp.unpack == "none":
+            if not state.archive.present:
+                problems.append(f"{comp.archive}: missing (component {comp.name}); run apply")
+            continue
+        if not state.archive.indexed:
+            problems.append(f"{comp.archive}: not matched to an index (component {comp.name}: never applied, "
+                            "archive changed or journal lost), so its units cannot be proved; run apply")
+            for name, row in sorted(journal.units(comp.name).items()):
+                recorded.append(RecordedUnit(comp.name, name, unit_paths(comp, name).folder, row.bytes))
+            continue
+        for u in state.units:
+            folder = unit_paths(comp, u.name).folder
+            if u.journal is not Journal.NONE:
+                recorded.append(RecordedUnit(comp.name, u.name, folder, u.index.bytes))
+            elif u.folder:
+                problems.append(f"{folder}: no record in the journal (unverified)")
+            elif u.index.problem:
+                problems.append(f"{folder}: not extracted ({u.index.problem})")
+            else:
+                problems.append(f"{folder}: missing (never extracted); run apply")
+    return recorded, problems
+
+
+def record_verification(journal: JournalDB, unit: RecordedUnit, problems: list[str], forget: bool = True) -> None:
+    """Log the outcome; with `forget`, a mismatched unit loses its record so the next pass repairs it."""
     log = logs.get()
     if not problems:
         log.debug("verify.clean", component=unit.component, unit=unit.name)
         return
     log.error("verify.mismatch", component=unit.component, unit=unit.name, problems=len(problems), first=problems[0])
-    journal.forget_unit(unit.component, unit.name)
+    if forget:
+        journal.forget_unit(unit.component, unit.name)
     journal.step(unit.component, unit.name, "DeepVerify", "mismatch", problems[0])
 
 
 def verify_units(journal: JournalDB, units: list[RecordedUnit], pace: Pace, stop: threading.Event,
-                 beat: Callable[[], None] = lambda: None) -> Tally:
+                 beat: Callable[[], None] = lambda: None, forget: bool = True) -> Tally:
     """Re-hash `units` (at most `pace.workers` at once).
 
     Stops early when `stop` is set; `beat` is called at least once a second as a sign of life.
@@ -105,7 +145,7 @@ def verify_units(journal: JournalDB, units: list[RecordedUnit], pace: Pace, stop
             tally.checked += 1
             tally.mismatched += bool(found)
             tally.problems.extend(found)
-            record_verification(journal, unit, found)
+            record_verification(journal, unit, found, forget)
             _pace(pace, unit.bytes, started, stop, beat)
     tally.problems.sort()
     return tally

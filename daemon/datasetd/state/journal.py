@@ -3,10 +3,17 @@
 Only the coordinating process writes it. It is a cache, never the truth: if it
 is lost, units are re-proved against their tars (adoption), never trusted.
 WAL mode; `synchronous=FULL` around the commits that allow a delete.
+
+A journal that is not a database, is cut short or fails `PRAGMA quick_check`
+is moved aside (`journal.sqlite.damaged-<time>`) and started afresh: being a
+cache, losing it only means every unit is re-proved against its archive.
+`PRAGMA user_version` is the schema generation; `_MIGRATIONS[i]` upgrades
+generation i to i + 1 in one transaction (bandersnatch's storage generations).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -14,12 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasetd import logs
 from datasetd.core.model import Journal, UnitIndex
 from datasetd.errors import PermanentError
 
 FileRecord = tuple[str, int, str]
 
-_SCHEMA = """
+_SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS archive (
     component TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, dev INTEGER NOT NULL,
@@ -41,6 +49,12 @@ CREATE TABLE IF NOT EXISTS step (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, component TEXT NOT NULL, unit TEXT NOT NULL,
     action TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT);
 """
+
+# _MIGRATIONS[i] takes a journal from generation i to i + 1. Generation 0 is an empty file or a
+# journal written before generations existed (same tables: CREATE IF NOT EXISTS keeps them).
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_1,)
+GENERATION = len(_MIGRATIONS)
+JOURNAL_NAME = "journal.sqlite"
 
 
 @dataclass(frozen=True)
@@ -70,11 +84,11 @@ class JournalDB:
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
             state_dir.mkdir(parents=True, exist_ok=True)
-            self.path = state_dir / "journal.sqlite"
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.path = state_dir / JOURNAL_NAME
+            self.db = _open_checked(self.path)
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        with self._guard():
+            _upgrade(self.db, self.path)
 
     @classmethod
     def in_memory(cls) -> JournalDB:
@@ -91,6 +105,9 @@ class JournalDB:
         except sqlite3.OperationalError as e:
             raise PermanentError(f"{self.path}: the journal cannot be written ({e}); free space on its "
                                  "filesystem (or fix its permissions) and run again: verified data is kept") from e
+        except sqlite3.DatabaseError as e:  # damaged while open: the next start moves it aside
+            raise PermanentError(f"{self.path}: the journal is damaged ({e}); run again to rebuild it "
+                                 "from the archives: verified data is kept") from e
 
     @contextmanager
     def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -195,3 +212,45 @@ class JournalDB:
             sql += " WHERE action=?"
             args = (action,)
         return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+
+def damage(path: Path) -> str | None:
+    """Why the SQLite file at `path` cannot be trusted, or None when `PRAGMA quick_check` passes."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        return str(e)
+    try:
+        rows = db.execute("PRAGMA quick_check").fetchall()
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    finally:
+        db.close()
+    return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+
+def _open_checked(path: Path) -> sqlite3.Connection:
+    """Connect to the journal, first moving a damaged one aside so a fresh one is rebuilt."""
+    if path.exists() and (problem := damage(path)) is not None:
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            # rename, never unlink: the damaged file stays for a post-mortem. No fsync: a crash
+            # before the rename is durable just finds the same damage again on the next start.
+            if os.path.lexists(f"{path}{suffix}"):
+                os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+        logs.get().warning("journal.rebuilt", path=str(path), moved_to=str(aside), problem=problem)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the journal to GENERATION, one transaction per step, or refuse a newer one."""
+    found: int = db.execute("PRAGMA user_version").fetchone()[0]
+    if found > GENERATION:
+        raise PermanentError(f"{path}: journal generation {found} is newer than this datasetd knows "
+                             f"({GENERATION}); upgrade datasetd, or move the journal aside to rebuild it")
+    for generation in range(found, GENERATION):
+        db.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATIONS[generation]}\n"
+                         f"PRAGMA user_version={generation + 1};\nCOMMIT;")

@@ -1,7 +1,11 @@
-"""One datasetd per data root: an flock(2) on <root>/.datasetd/lock.
+"""One datasetd per data root: an flock(2) on the root directory itself.
 
 Two daemons on one root would extract the same class twice and delete each
-other's archives. flock is tied to the open file description, so:
+other's archives. The lock is taken on the root directory's own descriptor, not
+on a file under `.datasetd/`: `rm -rf root/.datasetd` under a running daemon
+cannot free it. "Is a daemon alive on this root" is answered by probing this
+lock (`held_elsewhere`), never by a pid read from a file that may be stale,
+hand-edited or recycled. flock is tied to the open file description, so:
 
 * the kernel drops it when the last descriptor closes, including after
   SIGKILL or a power cut: there is no stale lock to clean up by hand;
@@ -11,8 +15,8 @@ other's archives. flock is tied to the open file description, so:
 * the descriptor is close-on-exec, so programs the daemon execs (tar, ldconfig)
   do not hold it.
 
-The lock file is never deleted: unlinking it would let a second daemon lock a
-fresh inode while the first still holds the old one.
+`.datasetd/lock` only says who holds the lock (pid and command line, for the
+other side's message); losing it loses nothing but that message.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ def _one_line(text: str) -> str:
     return flat if len(flat) <= _MAX_COMMAND else flat[: _MAX_COMMAND - 3] + "..."
 
 
-def _describe_holder(fd: int) -> str:
+def _describe_holder(path: Path) -> str:
     """'pid 1234, `datasetd run x.toml`' from what the holder wrote; best effort."""
     try:
-        raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        with open(path, "rb") as f:
+            raw = f.read(4096).decode("utf-8", "replace")
     except OSError:
         raw = ""
     pid, _, command = raw.partition("\n")
@@ -59,6 +64,26 @@ def _describe_holder(fd: int) -> str:
         return "pid unknown"
     command = _one_line(command)
     return f"pid {pid}, `{command}`" if command else f"pid {pid}"
+
+
+def held_elsewhere(root: Path) -> bool:
+    """Whether another open of `root` holds its lock: a datasetd (or a worker of one) is alive there.
+
+    Probes with a shared lock, dropped at once; a root that does not exist is not held.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's own shared lock
+    return False
 
 
 class RootLock:
@@ -84,15 +109,14 @@ class RootLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe_holder(fd)
             os.close(fd)
             raise UsageError(
-                f"{self.root}: another datasetd ({holder}) holds the lock {self.path}; "
+                f"{self.root}: another datasetd ({_describe_holder(self.path)}) holds the lock on this root; "
                 "stop it first or use another root"
             ) from None
         except OSError as exc:
             os.close(fd)
-            raise UsageError(f"{self.path}: cannot lock ({exc.strerror}); check the filesystem") from None
+            raise UsageError(f"{self.root}: cannot lock ({exc.strerror}); check the filesystem") from None
         self._fd = fd
         self._record_holder()
 
@@ -100,7 +124,7 @@ class RootLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # os.open descriptors are close-on-exec (PEP 446) but survive fork.
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(
                 f"{self.path}: cannot create the lock file ({exc.strerror}); "
@@ -109,11 +133,13 @@ class RootLock:
 
     def _record_holder(self) -> None:
         # Only for the other side's error message: no fsync, a crash loses nothing that matters.
-        assert self._fd is not None
         text = f"{os.getpid()}\n{_this_command()}\n".encode()
         try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, text, 0)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
         except OSError:
             pass  # a full disk must not stop the daemon from starting; the message says "pid unknown"
 
