@@ -57,7 +57,7 @@ class TorrentFetcher:
         self.fetch_url = fetch_url
         self.tuning = Tuning(health_interval=health_interval, resume_interval=resume_interval,
                              lab_wait=lab_wait, slow_after=slow_after)
-        self._lock = threading.Lock()  # two fetches of one URL must not write one .torrent at once
+        self._lock = threading.Lock()  # two fetches of one torrent must not write one .torrent at once
 
     def fetch(self, component: Component, progress: ProgressFn, stop: threading.Event) -> Fetched:
         src = component.source
@@ -118,14 +118,16 @@ class TorrentFetcher:
     def _from_file(self, c: Component, path: Path, shown: str) -> Spec:
         key = _check_torrent(c, path, shown)
         kept = self.dir / f"{key}.torrent"
-        if path != kept and not kept.exists():
-            tmp = kept.with_suffix(".tmp")
-            shutil.copyfile(path, tmp)
-            # The copy is what later runs read: it must be whole before it has its name.
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, kept)
-            fsync_dir(self.dir)
+        # Locked: two components of one torrent fetched at once would share one .tmp name.
+        with self._lock:
+            if path != kept and not kept.exists():
+                tmp = kept.with_suffix(".tmp")
+                shutil.copyfile(path, tmp)
+                # The copy is what later runs read: it must be whole before it has its name.
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, kept)
+                fsync_dir(self.dir)
         return Spec(key, torrent_file=kept)
 
 

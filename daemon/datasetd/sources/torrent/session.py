@@ -166,8 +166,7 @@ class Lease:
 
     def want_file(self, index: int, num_files: int) -> None:
         """This file at normal priority, and the files other leases of this torrent want; others 0."""
-        self._entry.wanted.add(index)
-        self._h.prioritize_files([4 if i in self._entry.wanted else 0 for i in range(num_files)])
+        self._session.want_file(self._entry, index, num_files)
 
     def piece_priorities(self) -> list[int]:
         return [int(p) for p in self._h.get_piece_priorities()]
@@ -254,6 +253,13 @@ class Session:
         self._ses.set_ip_filter(f)
         log.info("torrent.outsiders_held" if hold else "torrent.outsiders_released", lab=list(lab.members))
 
+    def want_file(self, entry: _Entry, index: int, num_files: int) -> None:
+        # Under the lock: two leases adding their files at once must not each send a list
+        # that lacks the other's file, the last one sent switching the other's off.
+        with self._lock:
+            entry.wanted.add(index)
+            entry.handle.prioritize_files([4 if i in entry.wanted else 0 for i in range(num_files)])
+
     def health(self) -> SessionHealth:
         with self._lock:
             err = None if self._listen_ok else "; ".join(sorted(set(self._listen_errors.values()))) or None
@@ -261,6 +267,12 @@ class Session:
 
     def add(self, req: AddRequest) -> tuple[Lease, bool, int]:
         """A lease on the torrent: (lease, loaded from resume data, pieces the resume data claims)."""
+        # Built before the lock (it reads files) and wasted when the torrent is already here.
+        params, resumed, pieces = _params(req)
+        # One critical section from the look-up to the registration: two concurrent adds of one
+        # torrent must not both miss it, or the second entry replaces the first and its lease
+        # gets no alerts. Held across add_torrent too, so the pump cannot see this torrent's first
+        # alerts (its checking state above all) before the lease that follows them is registered.
         with self._lock:
             entry = self._entries.get(req.key)
             if entry is not None:
@@ -268,10 +280,6 @@ class Session:
                 entry.leases.append(lease)
                 entry.seed_until = None
                 return lease, False, 0
-        params, resumed, pieces = _params(req)
-        # Held across the add: the pump must not see this torrent's first alerts (its checking
-        # state above all) before the lease that follows them is registered.
-        with self._lock:
             handle = self._ses.add_torrent(params)
             entry = _Entry(handle, req.key, req.resume_path)
             lease = Lease(self, entry)
