@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from datasetd import logs
@@ -18,19 +22,27 @@ from datasetd.engine.executor import Executor, Outcome
 from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
 from datasetd.state import status as status_mod
+from datasetd.state.access import share_state
 from datasetd.state.journal import JOURNAL_NAME, JournalDB, damage
 from datasetd.state.lock import RootLock, held_elsewhere
 from datasetd.state.observe import observe, space_report
 from datasetd.state.status import StatusBoard
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
 
 def open_journal(manifest: Manifest, create: bool = True) -> JournalDB:
     """The root's journal; without `create` (plan, status: no lock held) an absent or damaged one reads
-    as empty, and only a verb holding the lock moves a damaged journal aside."""
+    as empty, and only a verb holding the lock moves a damaged journal aside. Readers open it read-only,
+    so another user in the root's group can read it."""
+    if create:
+        journal = JournalDB(manifest.state_dir)
+        share_state(manifest.state_dir, manifest.root)
+        return journal
     path = manifest.state_dir / JOURNAL_NAME
-    if not create and (not path.exists() or damage(path) is not None):
+    if not path.exists() or damage(path) is not None:
         return JournalDB.in_memory()
-    return JournalDB(manifest.state_dir)
+    return JournalDB.read_only(manifest.state_dir)
 
 
 def plan(manifest: Manifest, as_json: bool = False) -> int:
@@ -81,20 +93,48 @@ def _h(n: int) -> str:
 
 
 def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Source] | None = None) -> int:
-    with RootLock(manifest.root):
-        outcome = run_apply(manifest, workers=workers, sources=sources)
+    stop = threading.Event()
+    with RootLock(manifest.root), _ctrl_c_stops(stop):
+        outcome = run_apply(manifest, workers=workers, sources=sources, stop=stop)
+    if outcome.stopped:
+        print("datasetd: interrupted; run apply again to resume where it stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     for name, message in outcome.failed.items():
         print(f"datasetd: {name}: {message}", file=sys.stderr)
     return 0 if outcome.ok else 1
 
 
-def run_apply(manifest: Manifest, workers: int | None = None,
-              sources: dict[str, Source] | None = None) -> Outcome:
-    journal = JournalDB(manifest.state_dir)
-    srcs = sources if sources is not None else make_sources(manifest)
+@contextlib.contextmanager
+def _ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C stops the run cleanly (steps drain, status says stopped); a second one
+    raises KeyboardInterrupt at once. Only the main thread can take signals (tests call from others)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        board = StatusBoard(manifest)
-        return Executor(manifest, journal, board, workers=workers, sources=srcs).run()
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_apply(manifest: Manifest, workers: int | None = None,
+              sources: dict[str, Source] | None = None, stop: threading.Event | None = None) -> Outcome:
+    journal = open_journal(manifest)
+    srcs = sources if sources is not None else make_sources(manifest)
+    board = StatusBoard(manifest)
+    try:
+        return Executor(manifest, journal, board, workers=workers, sources=srcs, stop=stop).run()
+    except KeyboardInterrupt:
+        board.state = "stopped"  # the second Ctrl-C: no drain, but the record says how it ended
+        board.write(force=True)
+        raise
     finally:
         journal.close()
         if sources is None:
@@ -105,7 +145,8 @@ def run_apply(manifest: Manifest, workers: int | None = None,
 
 
 def current_status(manifest: Manifest) -> dict[str, Any]:
-    """The daemon's status.json while one runs; otherwise computed from disk and journal."""
+    """The daemon's status.json while one runs; otherwise computed from disk and journal, with
+    the last run's outcome (its state, each component's error, when it was written) kept."""
     data = status_mod.read(manifest.state_dir / "status.json")
     if not (isinstance(data, dict) and isinstance(data.get("components"), dict)):
         data = None  # hand-edited or cut short: ignored, and rewritten by the next run
@@ -115,24 +156,53 @@ def current_status(manifest: Manifest) -> dict[str, Any]:
     if data and data.get("state") != "stopped" and held_elsewhere(manifest.root):
         return data
     journal = open_journal(manifest, create=False)
-    observed = observe(manifest, journal)
+    try:
+        observed = observe(manifest, journal)
+    finally:
+        journal.close()
     board = StatusBoard(manifest)
     for name, comp in manifest.components.items():
         board.components[name].__dict__.update(summarize(comp, observed.components.get(name)))
     snap = board.snapshot()
-    snap["state"] = "converged" if all(
-        c["phase"] in ("ready", "disabled") for c in snap["components"].values()) else "idle"
     snap["pid"] = None
-    if data and data.get("components"):
-        for name, old in data["components"].items():
-            if not (isinstance(old, dict) and isinstance(old.get("last_error"), str)):
-                continue
-            if name in snap["components"] and snap["components"][name]["phase"] != "ready":
-                snap["components"][name]["last_error"] = old["last_error"]
+    snap["updated"] = None  # nothing was written: only the last run's file has a time
+    converged = all(c["phase"] in ("ready", "disabled") for c in snap["components"].values())
+    snap["state"] = "converged" if converged else "idle"
+    if data:
+        _keep_last_run(snap, data, converged)
     return snap
 
 
+def _keep_last_run(snap: dict[str, Any], data: dict[str, Any], converged: bool) -> None:
+    """What the disk cannot tell: how the last run ended and why a component failed."""
+    snap["updated"] = data.get("updated")
+    if not converged and data.get("state") in ("failed", "stopped"):
+        snap["state"] = data["state"]  # a crashed run (its pid gone, state "running") stays "idle"
+    for key in ("pass_error", "manifest_error"):
+        if data.get(key) and not converged:
+            snap[key] = data[key]
+    for name, old in data["components"].items():
+        now = snap["components"].get(name)
+        if now is None or now["phase"] in ("ready", "disabled"):
+            continue
+        if not (isinstance(old, dict) and isinstance(old.get("last_error"), str)):
+            continue
+        now["last_error"] = old["last_error"]
+        if old.get("phase") == "error":
+            now["phase"] = "error"
+
+
 def status(manifest: Manifest, as_json: bool = False, watch: bool = False) -> int:
+    try:
+        return _status(manifest, as_json, watch)
+    except BrokenPipeError:
+        # `status --json | head -1`: the reader has what it wanted. Point stdout at /dev/null so
+        # the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _status(manifest: Manifest, as_json: bool, watch: bool) -> int:
     while True:
         snap = current_status(manifest)
         if as_json:
@@ -191,7 +261,7 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
         raise UsageError(f"{manifest.path}: no component named {unknown[0]!r}; "
                          f"known: {', '.join(manifest.components)}")
     with RootLock(manifest.root):
-        journal = JournalDB(manifest.state_dir)
+        journal = open_journal(manifest)
         try:
             bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers, repair)
             for line in bad:

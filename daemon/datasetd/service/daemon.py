@@ -199,7 +199,7 @@ class Daemon:
 
     def _pass_job(self) -> Job:
         self.board.reset(self.manifest)  # an edit that no running pass took has not reached the board yet
-        self.board.state = "running"
+        self.board.new_run()  # state running; phases may start again from pending
         self.board.extra.pop("pass_error", None)
         self.board.write(force=True)  # readers must not take the last pass's "converged" for this one's
         board, sources, post = self.board, self.sources, self.inbox.put

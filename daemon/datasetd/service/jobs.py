@@ -27,6 +27,7 @@ from datasetd.config.manifest import Manifest
 from datasetd.engine.deepverify import Pace, recorded_units, verify_units
 from datasetd.engine.executor import Executor, Outcome, init_worker
 from datasetd.sources.base import Source
+from datasetd.state.access import share_state
 from datasetd.state.durable import write_text_fast
 from datasetd.state.journal import JournalDB
 from datasetd.state.status import StatusBoard
@@ -97,6 +98,7 @@ def reconcile(job: Job, board: StatusBoard, sources: Mapping[str, Source],
               planned: Callable[[], None]) -> Outcome:
     """One pass over job.manifest; the journal is opened in this thread, which alone uses it."""
     journal = JournalDB(job.manifest.state_dir)
+    share_state(job.manifest.state_dir, job.manifest.root)
     try:
         job.executor = _DaemonExecutor(job.manifest, journal, board, sources=sources, job=job, planned=planned)
         return job.executor.run()

@@ -52,13 +52,20 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_text_fast(path: Path, text: str) -> None:
+def write_text_fast(path: Path, text: str, mode: int | None = None, group_of: Path | None = None) -> None:
     """Atomic replace without flushing: survives a process crash (readers never see a
     torn file) but not power loss. For status.json, rewritten every second; a lost
-    update after power loss is rewritten on the next start."""
+    update after power loss is rewritten on the next start.
+
+    `mode` replaces mkstemp's 0600 and `group_of` lends that path's group, set on the
+    temp file before the rename so readers never see the file with other rights."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if group_of is not None:
+            share_with_group(fd, group_of)
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -66,3 +73,16 @@ def write_text_fast(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def share_with_group(fd: int, group_of: Path) -> None:
+    """Give an open file the group of `group_of` (the data root), so the root's group can read it.
+
+    Only the owner or root may change a group; where that is refused the file keeps the
+    process's group, which is still right for the usual setup (one service user and group)."""
+    try:
+        gid = os.stat(group_of).st_gid
+        if os.fstat(fd).st_gid != gid:
+            os.fchown(fd, -1, gid)
+    except (PermissionError, FileNotFoundError):
+        pass

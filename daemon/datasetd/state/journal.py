@@ -94,6 +94,17 @@ class JournalDB:
     def in_memory(cls) -> JournalDB:
         return cls(None)
 
+    @classmethod
+    def read_only(cls, state_dir: Path) -> JournalDB:
+        """For readers (`status`, `plan`), who may be another user in the root's group: never writes.
+
+        mode=ro needs the WAL's -shm file, which a group reader cannot create once the writer has
+        closed and removed it; with no writer left the file cannot change, so immutable=1 is safe."""
+        self = cls.__new__(cls)
+        self.path = state_dir / JOURNAL_NAME
+        self.db = _connect_read_only(self.path)
+        return self
+
     def close(self) -> None:
         self.db.close()
 
@@ -217,7 +228,7 @@ class JournalDB:
 def damage(path: Path) -> str | None:
     """Why the SQLite file at `path` cannot be trusted, or None when `PRAGMA quick_check` passes."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = _connect_read_only(path)
     except sqlite3.Error as e:
         return str(e)
     try:
@@ -228,6 +239,18 @@ def damage(path: Path) -> str | None:
     finally:
         db.close()
     return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """mode=ro, falling back to immutable=1 when SQLite cannot open the WAL's -shm (see read_only)."""
+    uri = path.absolute().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    return db
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:

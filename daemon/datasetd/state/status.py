@@ -35,6 +35,10 @@ from datasetd.state.durable import write_text_fast
 
 SCHEMA = 1
 PHASES = ("pending", "fetching", "unpacking", "verifying", "ready", "error", "disabled")
+# Within one run a component's phase only moves forward along this order: extraction and
+# verification interleave unit by unit, and a reader must not see "verifying -> unpacking".
+_FORWARD = {"pending": 0, "fetching": 1, "unpacking": 2, "verifying": 3, "ready": 4}
+STATUS_MODE = 0o640  # readable by the root's group (systemd/README.md: operators in that group)
 
 
 @dataclass
@@ -71,7 +75,12 @@ class _Rate:
 
 
 class StatusBoard:
-    """Thread-safe: fetch threads report progress while the coordinator reports steps."""
+    """Thread-safe: fetch threads report progress while the coordinator reports steps.
+
+    One lock covers the figures, the throttle, the snapshot and the file write, so the
+    file on disk only ever moves forward: a snapshot taken earlier can never replace a
+    later one (two threads used to race between snapshot and write).
+    """
 
     def __init__(self, manifest: Manifest, path: Path | None = None, min_interval: float = 1.0) -> None:
         self.manifest = manifest
@@ -81,7 +90,7 @@ class StatusBoard:
         self.components = {name: ComponentStatus(phase="pending" if c.enabled else "disabled")
                            for name, c in manifest.components.items()}
         self._rates = {name: _Rate() for name in manifest.components}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._written = 0.0
         self._write_failed = False
         self.extra: dict[str, Any] = {}
@@ -96,18 +105,28 @@ class StatusBoard:
                     self.components[name].phase = "disabled"
                 self._rates.setdefault(name, _Rate())
 
+    def new_run(self) -> None:
+        """A new pass starts: phases may start again from pending (a file changed, a re-fetch)."""
+        with self._lock:
+            self.state = "running"
+            for status in self.components.values():
+                if status.phase in _FORWARD and status.phase != "ready":
+                    status.phase = "pending"
+
     def update(self, name: str, **fields: Any) -> None:
         with self._lock:
             status = self.components.setdefault(name, ComponentStatus())
+            phase = fields.pop("phase", status.phase)
             for key, value in fields.items():
                 setattr(status, key, value)
+            status.phase = _forward(status.phase, phase)
             if status.phase in ("ready", "disabled"):
                 status.rate, status.eta_seconds = 0.0, None
             elif "bytes_done" in fields:
                 status.rate = self._rates.setdefault(name, _Rate()).update(status.bytes_done)
                 left = status.bytes_total - status.bytes_done
                 status.eta_seconds = round(left / status.rate, 1) if status.rate > 0 and left > 0 else None
-        self.write()
+            self.write()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -115,20 +134,20 @@ class StatusBoard:
                 "schema": SCHEMA, "version": __version__, "pid": os.getpid(), "state": self.state,
                 "manifest": {"path": str(self.manifest.path), "sha256": self.manifest.sha256},
                 "root": str(self.manifest.root),
-                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+                "updated": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "components": {n: asdict(c) for n, c in self.components.items()},
                 **self.extra,
             }
 
     def write(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._written < self.min_interval:
-            return
-        self._written = now
-        text = json.dumps(self.snapshot(), indent=2, sort_keys=True) + "\n"
-        with self._lock:  # one writer at a time: temp names are unique, but order matters
+        with self._lock:  # throttle, snapshot and write in one critical section: see the class docstring
+            now = time.monotonic()
+            if not force and now - self._written < self.min_interval:
+                return
+            self._written = now
+            text = json.dumps(self.snapshot(), indent=2, sort_keys=True) + "\n"
             try:
-                write_text_fast(self.path, text)
+                write_text_fast(self.path, text, mode=STATUS_MODE, group_of=self.manifest.root)
             except OSError as e:
                 # Status is a view, not state: a full disk must not stop the work it reports.
                 if not self._write_failed:
@@ -137,6 +156,13 @@ class StatusBoard:
                 self._write_failed = True
             else:
                 self._write_failed = False
+
+
+def _forward(old: str, new: str) -> str:
+    """`new`, unless it would move back along _FORWARD within a run (error and disabled always win)."""
+    if old in _FORWARD and new in _FORWARD and _FORWARD[new] < _FORWARD[old] and old != "ready":
+        return old
+    return new
 
 
 def read(path: Path) -> dict[str, Any] | None:
