@@ -7,7 +7,9 @@
     │   ├── DigestMismatch   bytes on disk differ from what the manifest or journal pins
     │   ├── HostileArchive   a tar member that could escape, or is not a plain file
     │   ├── CorruptArchive   a truncated or unreadable tar
-    │   └── NoSpace          the filesystem cannot hold what the plan needs
+    │   ├── NoSpace          the filesystem cannot hold what the plan needs
+    │   ├── BadDevkit        a devkit or label file that does not parse (names file and line)
+    │   └── ExpectationFailed  counts on disk differ from the manifest's `expect`
     └── TemporaryError       may succeed later; carries the delay before the next try
 
 The executor is the only place that decides between retrying and failing.
@@ -95,6 +97,22 @@ class NoSpace(PermanentError):
             f"{filesystem}: needs {_human(need, what)} more {what} than are free "
             f"({_human(free, what)} free); free space there or move root"
         )
+
+
+class BadDevkit(PermanentError):
+    def __init__(self, path: str, problem: str, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {problem}; replace the devkit or label file with the published one")
+
+
+class ExpectationFailed(PermanentError):
+    def __init__(self, component: str, problems: list[str]) -> None:
+        self.component = component
+        self.problems = problems
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        super().__init__(f"components.{component}.expect not met: {shown}")
 
 
 class TemporaryError(DatasetdError):
