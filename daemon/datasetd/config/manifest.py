@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar, Literal
 
+from datasetd.config.dataset import Expect, read_classes, read_expect
 from datasetd.config.reader import Reader, parse_duration
 from datasetd.errors import ManifestError
 
@@ -72,6 +73,11 @@ class Component:
     after: tuple[str, ...] = ()
     enabled: bool = True
     keep_archive: bool = True
+    expect: Expect | None = None
+    classes: tuple[str, ...] | None = None  # a subset of class folders (sorted); None: every class
+
+    def selected(self, unit: str) -> bool:
+        return self.classes is None or unit in self.classes
 
     @property
     def archive(self) -> Path:
@@ -166,7 +172,7 @@ def parse(raw: bytes, path: Path) -> Manifest:
                 fname, comps_reader.key(name), "invalid component name",
                 "use letters, digits, '_' and '-', starting with a letter or digit",
             )
-        components[name] = _component(comps_reader.table(name), name, root)
+        components[name] = _component(comps_reader.table(name), name, root, path.resolve().parent)
     top.done({"version", "root", "daemon", "torrent", "components"})
     comps_reader.done(set(components))
     if not components:
@@ -243,7 +249,8 @@ def _torrent(r: Reader) -> TorrentSettings:
     return out
 
 
-_COMMON = {"source", "size", "sha256", "md5", "unpack", "into", "after", "enabled", "keep_archive"}
+_COMMON = {"source", "size", "sha256", "md5", "unpack", "into", "after", "enabled", "keep_archive", "expect",
+           "classes"}
 _BY_SOURCE = {
     "file": {"path"},
     "http": {"url", "mirrors", "file", "auth", "connections", "segment_threshold", "stall_timeout"},
@@ -251,7 +258,7 @@ _BY_SOURCE = {
 }
 
 
-def _component(r: Reader, name: str, root: Path) -> Component:
+def _component(r: Reader, name: str, root: Path, manifest_dir: Path) -> Component:
     kind = r.choice("source", ("file", "http", "torrent"), required=True)
     assert kind is not None
     source = _source(r, kind, root)
@@ -272,6 +279,7 @@ def _component(r: Reader, name: str, root: Path) -> Component:
         size=r.integer("size", minimum=0), sha256=r.hexdigest("sha256", 64),
         md5=r.hexdigest("md5", 32), after=r.strings("after"),
         enabled=r.boolean("enabled", True), keep_archive=r.boolean("keep_archive", True),
+        expect=read_expect(r, unpack), classes=read_classes(r, unpack, manifest_dir),
     )
     r.done(_COMMON | _BY_SOURCE[kind])
     return comp
@@ -410,6 +418,6 @@ def _archive_key(c: Component) -> str:
 
 
 __all__ = [
-    "Component", "DaemonSettings", "FileSource", "HttpAuth", "HttpSource", "Manifest",
+    "Component", "DaemonSettings", "Expect", "FileSource", "HttpAuth", "HttpSource", "Manifest",
     "TorrentSettings", "TorrentSource", "load", "parse", "parse_duration",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd.config.manifest import Component, Manifest
+from datasetd.core import expect as expectations
 from datasetd.core.model import (
     FLAT,
     Action,
@@ -88,9 +89,13 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
         return [_archive_step(comp, archive)]
     if not archive.indexed:
         return [_archive_step(comp, archive)]
+    units = selected_units(comp, state)
+    refusal = _refusal(comp, state, units)
+    if refusal is not None:
+        return [refusal]
     actions: list[Action] = []
     needs_archive = False
-    for unit in state.units:
+    for unit in units:
         action = plan_unit(comp, archive, unit)
         if action is _NEEDS_ARCHIVE:
             needs_archive = True
@@ -101,6 +106,31 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
     if not actions and _may_delete_archive(comp, archive):
         actions.append(DeleteArchive(comp.name, path=comp.archive))
     return actions
+
+
+def selected_units(comp: Component, state: ComponentState) -> tuple[UnitState, ...]:
+    """The units the manifest asks for: every one, or those of its `classes` subset."""
+    if comp.classes is None:
+        return state.units
+    return tuple(u for u in state.units if comp.selected(u.name))
+
+
+def _refusal(comp: Component, state: ComponentState, units: tuple[UnitState, ...]) -> Blocked | None:
+    """The archive's index already shows the result cannot be what the manifest asks: stop before work."""
+    if comp.classes is not None:
+        missing = sorted(set(comp.classes) - {u.name for u in state.units})
+        if missing:
+            return Blocked(comp.name, reason=f"components.{comp.name}.classes: {', '.join(missing[:5])}"
+                           f"{' ...' if len(missing) > 5 else ''} not in {comp.archive.name} "
+                           f"({len(missing)} of {len(comp.classes)}); fix the list or the archive")
+    if comp.expect is None:
+        return None
+    per_class = {u.name: u.index.files for u in units} if comp.unpack == "class-tars" else {}
+    off = expectations.problems(comp.expect, per_class, sum(u.index.files for u in units))
+    if not off:
+        return None
+    shown = "; ".join(off[:5]) + (f"; and {len(off) - 5} more" if len(off) > 5 else "")
+    return Blocked(comp.name, reason=f"components.{comp.name}.expect not met by {comp.archive.name}: {shown}")
 
 
 def _archive_step(comp: Component, archive: ArchiveState) -> Action:
@@ -120,7 +150,9 @@ def _archive_step(comp: Component, archive: ArchiveState) -> Action:
 
 
 def _may_delete_archive(comp: Component, archive: ArchiveState) -> bool:
-    return comp.downloaded and not comp.keep_archive and archive.present and archive.verified
+    # A subset leaves the archive in place: the other classes may be asked for later.
+    return (comp.downloaded and not comp.keep_archive and comp.classes is None
+            and archive.present and archive.verified)
 
 
 class _NeedsArchive(Action):
@@ -190,7 +222,7 @@ def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
         if state is None:
             continue
         archive = state.archive
-        units_missing = [u for u in state.units if not unit_done(u)]
+        units_missing = [u for u in selected_units(comp, state) if not unit_done(u)]
         archive_needed = comp.unpack == "none" or not archive.indexed or any(
             _loose_path(unit_paths(comp, u.name), u) is None for u in units_missing)
         if comp.downloaded and not archive.present and archive_needed:

@@ -7,7 +7,7 @@ from typing import Any
 
 from datasetd.config.manifest import Component
 from datasetd.core.model import ComponentState, Journal
-from datasetd.core.planning import is_ready, unit_done
+from datasetd.core.planning import is_ready, selected_units, unit_done
 
 FETCH_KINDS = {"Fetch"}
 UNPACK_KINDS = {"IndexArchive", "ExtractUnit", "AdoptUnit", "MarkProcessed", "DeleteClassTar", "DeleteArchive"}
@@ -24,7 +24,7 @@ def summarize(comp: Component, state: ComponentState | None, running: Collection
     if state is None:
         out["phase"] = "pending"
         return out
-    units = state.units
+    units = selected_units(comp, state)
     if units:
         done = [u for u in units if unit_done(u)]
         verified = [u for u in units if u.journal is Journal.VERIFIED and u.folder and u.intact]
