@@ -27,3 +27,18 @@ def test_imagenet_manifest_pins_the_published_archives() -> None:
 def test_demo_manifest_parses() -> None:
     m = load(MANIFESTS / "demo.toml")
     assert set(m.components) == {"train", "val", "devkit"}
+
+
+def test_imagenet_manifest_expects_the_published_counts() -> None:
+    m = load(MANIFESTS / "imagenet.toml")
+    train, val = m.components["train"].expect, m.components["val"].expect
+    assert train is not None and val is not None
+    assert (train.classes, train.files, train.per_class_min, train.per_class_max) == (1000, 1_281_167, 732, 1300)
+    assert val.files == 50_000
+
+
+def test_every_shipped_manifest_validates() -> None:
+    shipped = sorted(MANIFESTS.glob("*.toml"))
+    assert len(shipped) >= 2
+    for path in shipped:
+        assert load(path).components, path

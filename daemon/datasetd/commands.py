@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from datasetd import logs
+from datasetd.archive.headers import count_members
 from datasetd.config.manifest import Manifest
+from datasetd.core.model import Observed, TarCount
+from datasetd.core.planning import Need, fetch_bytes, space_needs, traffic
 from datasetd.core.planning import plan as make_plan
-from datasetd.core.planning import space_needs, traffic
 from datasetd.core.summary import summarize
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
@@ -50,18 +52,24 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
     observed = observe(manifest, journal)
     actions = make_plan(manifest, observed)
     moved = traffic(actions, manifest, observed)
-    report = space_report(space_needs(manifest, observed))
+    needs = space_needs(manifest, observed, _header_counts(manifest, observed))
+    report = space_report(needs)
+    per_component = _per_component(manifest, observed, needs)
     counts: dict[str, int] = {}
     for a in actions:
         counts[f"{a.component}:{a.kind}"] = counts.get(f"{a.component}:{a.kind}", 0) + 1
     fits = all(fs.fits for fs in report)
     if as_json:
         print(json.dumps({"actions": [_describe(a) for a in actions], "counts": counts,
-                          "read_bytes": moved.read, "write_bytes": moved.write,
+                          "read_bytes": moved.read, "write_bytes": moved.write, "components": per_component,
                           "space": [fs.__dict__ | {"fits": fs.fits} for fs in report]}, indent=2))
         return 0 if fits else 1
     if not actions:
         print("nothing to do: every enabled component is converged")
+    for name, c in per_component.items():
+        inodes = f"{c['need_inodes']:,} inodes" if c["inodes_known"] else "inodes unknown until indexed"
+        print(f"  {name:<16} fetch {_h(c['fetch_bytes'])} ({c['fetch_bytes']:,} B), "
+              f"needs {_h(c['need_bytes'])} and {inodes}")
     for key, n in sorted(counts.items()):
         comp, kind = key.split(":")
         print(f"  {comp:<16} {kind:<16} x{n}")
@@ -76,6 +84,31 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
         print(f"{fs.filesystem}: needs {_h(fs.need_bytes)} and {inodes}; "
               f"free {_h(fs.free_bytes)} and {fs.free_inodes:,} inodes: {verdict}")
     return 0 if fits else 1
+
+
+def _header_counts(manifest: Manifest, observed: Observed) -> dict[str, TarCount]:
+    """An uncompressed archive on disk but not indexed: count its members from tar headers only."""
+    out: dict[str, TarCount] = {}
+    for comp in manifest.enabled():
+        state = observed.components.get(comp.name)
+        if comp.unpack == "none" or state is None or state.archive.indexed or not state.archive.present:
+            continue
+        count = count_members(comp.archive, nested=comp.unpack == "class-tars")
+        if count is not None:
+            out[comp.name] = count
+    return out
+
+
+def _per_component(manifest: Manifest, observed: Observed, needs: list[Need]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for comp in manifest.enabled():
+        mine = [n for n in needs if n.component == comp.name]
+        out[comp.name] = {
+            "fetch_bytes": fetch_bytes(comp, observed.components.get(comp.name)),
+            "need_bytes": sum(n.bytes for n in mine), "need_inodes": sum(n.inodes for n in mine),
+            "inodes_known": all(n.inodes_known for n in mine),
+        }
+    return out
 
 
 def _describe(action: Any) -> dict[str, Any]:

@@ -37,6 +37,15 @@ class UnitIndex:
 
 
 @dataclass(frozen=True)
+class TarCount:
+    """What extracting an archive creates, counted from tar headers before any index pass."""
+
+    files: int
+    dirs: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class UnitState:
     index: UnitIndex
     loose_tar: str | None = None  # "W.tar" or "Z_W.tar" found in `into` (hand-split or earlier run)

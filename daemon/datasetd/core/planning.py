@@ -8,7 +8,7 @@ asks again, so a crash anywhere resumes at the right step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from datasetd.core.model import (
     MarkProcessed,
     Observed,
     Origin,
+    TarCount,
     UnitState,
     VerifyUnit,
 )
@@ -214,8 +215,12 @@ class Need:
     inodes_known: bool = True
 
 
-def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
-    """Peak additional space until convergence (archives are deleted only at the end)."""
+def space_needs(manifest: Manifest, observed: Observed,
+                counted: Mapping[str, TarCount] | None = None) -> list[Need]:
+    """Peak additional space until convergence (archives are deleted only at the end).
+
+    Before the index pass, inodes come from `counted` (tar headers read by `plan`) or from `expect`.
+    """
     needs: list[Need] = []
     for comp in manifest.enabled():
         state = observed.components.get(comp.name)
@@ -230,8 +235,7 @@ def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
         if comp.unpack == "none" or comp.into is None:
             continue
         if not archive.indexed:
-            # Upper bound until the index pass counts members: extracted bytes <= tar bytes.
-            needs.append(Need(comp.name, comp.into, _blocks(comp.size or archive.size or 0), 0, False))
+            needs.append(_unindexed_need(comp, archive, (counted or {}).get(comp.name)))
             continue
         needs.append(Need(
             comp.name, comp.into,
@@ -239,6 +243,28 @@ def space_needs(manifest: Manifest, observed: Observed) -> list[Need]:
             sum(u.index.files + u.index.dirs + 1 for u in units_missing),
         ))
     return needs
+
+
+def _unindexed_need(comp: Component, archive: ArchiveState, count: TarCount | None) -> Need:
+    assert comp.into is not None
+    # Upper bound until the index pass: extracted bytes <= tar bytes.
+    bound = _blocks(comp.size or archive.size or 0)
+    if count is not None and comp.classes is None:
+        return Need(comp.name, comp.into, min(bound, _blocks(count.bytes) + BLOCK * (count.files + count.dirs) // 16)
+                    if bound else _blocks(count.bytes), count.files + count.dirs + 1)
+    exp = comp.expect
+    if exp is not None and exp.files is not None:
+        return Need(comp.name, comp.into, bound, exp.files + (exp.classes or 0) + 1)
+    return Need(comp.name, comp.into, bound, 0, False)
+
+
+def fetch_bytes(comp: Component, state: ComponentState | None) -> int:
+    """Bytes still to download for this component (0 for a file source or a verified download)."""
+    if state is None or not comp.downloaded or not comp.enabled or state.archive.verified:
+        return 0
+    if state.archive.indexed and all(unit_done(u) for u in selected_units(comp, state)):
+        return 0
+    return comp.size or 0
 
 
 def unit_done(unit: UnitState) -> bool:
