@@ -1,7 +1,7 @@
 """Command line: argument parsing and exit codes only.
 
 Exit codes: 0 converged / clean, 1 failed (a component in error, a verify
-mismatch, not enough space), 2 invalid manifest or usage.
+mismatch, not enough space), 2 invalid manifest or usage, 3 `wait` timed out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datasetd import __version__, logs
 from datasetd.config.manifest import Manifest, load
 from datasetd.errors import DatasetdError, UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--component", action="append")
     verify.add_argument("--repair", action="store_true", help="re-extract or re-fetch what is bad")
     verify.add_argument("--workers", type=int)
+    wait = sub.add_parser("wait", help="block until components are ready (0), one fails (1), or timeout (3)")
+    wait.add_argument("manifest")
+    wait.add_argument("--component", action="append", help="default: every enabled component")
+    wait.add_argument("--timeout", type=float, help="seconds (default: wait forever)")
     demo = sub.add_parser("demo", help="build a small ImageNet-shaped set, apply manifests/demo.toml")
     demo.add_argument("--manifest", default=None)
     return p
@@ -80,12 +84,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.status(manifest, as_json=args.json, watch=args.watch)
     if args.verb == "verify":
         return commands.verify(manifest, components=args.component, repair=args.repair, workers=args.workers)
+    if args.verb == "wait":
+        return _wait(manifest, args.component, args.timeout)
     if args.verb == "run":
         from datasetd.service import daemon as daemon_mod
 
         code: int = daemon_mod.run(Path(args.manifest), manifest, threading.Event())
         return code
     raise AssertionError(args.verb)  # pragma: no cover
+
+
+def _wait(manifest: Manifest, components: list[str] | None, timeout: float | None) -> int:
+    from datasetd.waiting import ComponentFailed, wait_ready
+
+    try:
+        wait_ready(manifest, components, timeout)
+    except ComponentFailed as e:
+        print(f"datasetd: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except TimeoutError as e:
+        print(f"datasetd: {e}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_OK
 
 
 def print_json(data: object) -> None:

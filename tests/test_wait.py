@@ -1,0 +1,49 @@
+"""`datasetd wait` (exit 0 ready / 1 error / 3 timeout) and `datasetd.wait()`, against real applies."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import datasetd
+from conftest import Dataset, datasetd_cmd, run_datasetd
+from datasetd.waiting import ComponentFailed
+
+
+def test_wait_blocks_until_an_apply_in_another_process_converges(dataset: Dataset) -> None:
+    waiter = subprocess.Popen([*datasetd_cmd(), "wait", str(dataset.manifest), "--timeout", "120"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiter.poll() is None
+        applied = run_datasetd("apply", str(dataset.manifest))
+        assert applied.returncode == 0, applied.stderr
+        assert waiter.wait(60) == 0
+    finally:
+        waiter.kill()
+    assert datasetd.wait(dataset.manifest, components=["train"], timeout=5) == {"train": "ready"}
+
+
+def test_wait_times_out_with_3_naming_what_is_not_ready(dataset: Dataset) -> None:
+    out = run_datasetd("wait", str(dataset.manifest), "--component", "val", "--timeout", "0.5")
+    assert out.returncode == 3
+    assert "not ready after 0.5 s: val (pending)" in out.stderr
+    with pytest.raises(TimeoutError):
+        datasetd.wait(dataset.manifest, timeout=0.2)
+
+
+def test_wait_returns_1_when_a_component_is_in_error(dataset: Dataset) -> None:
+    text = dataset.manifest.read_text().replace('into = "train"\n', 'into = "train"\nexpect = { files = 49 }\n', 1)
+    dataset.manifest.write_text(text)
+    assert run_datasetd("apply", str(dataset.manifest)).returncode == 1
+    out = run_datasetd("wait", str(dataset.manifest), "--timeout", "30")
+    assert out.returncode == 1
+    assert "train: components.train.expect not met" in out.stderr and "expected 49" in out.stderr
+    assert run_datasetd("wait", str(dataset.manifest), "--component", "val", "--timeout", "30").returncode == 0
+    with pytest.raises(ComponentFailed, match="expected 49"):
+        datasetd.wait(dataset.manifest)
+
+
+def test_wait_on_an_unknown_component_is_a_usage_error(dataset: Dataset) -> None:
+    out = run_datasetd("wait", str(dataset.manifest), "--component", "tarin", "--timeout", "1")
+    assert out.returncode == 2 and "no component named 'tarin'" in out.stderr
