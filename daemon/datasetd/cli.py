@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--component", action="append")
     verify.add_argument("--repair", action="store_true", help="re-extract or re-fetch what is bad")
     verify.add_argument("--workers", type=int)
+    verify.add_argument("--report", type=Path, metavar="FILE",
+                        help="write an acceptance report: Markdown at FILE, JSON beside it")
     wait = sub.add_parser("wait", help="block until components are ready (0), one fails (1), or timeout (3)")
     wait.add_argument("manifest")
     wait.add_argument("--component", action="append", help="default: every enabled component")
@@ -83,7 +85,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "status":
         return commands.status(manifest, as_json=args.json, watch=args.watch)
     if args.verb == "verify":
-        return commands.verify(manifest, components=args.component, repair=args.repair, workers=args.workers)
+        return commands.verify(manifest, components=args.component, repair=args.repair, workers=args.workers,
+                               report=args.report)
     if args.verb == "wait":
         return _wait(manifest, args.component, args.timeout)
     if args.verb == "run":

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from datasetd import logs
@@ -19,6 +20,7 @@ from datasetd.core.model import Observed, TarCount
 from datasetd.core.planning import Need, fetch_bytes, space_needs, traffic
 from datasetd.core.planning import plan as make_plan
 from datasetd.core.summary import summarize
+from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
 from datasetd.sources.base import Source
@@ -284,7 +286,7 @@ def render_status(snap: dict[str, Any]) -> str:
 
 
 def verify(manifest: Manifest, components: list[str] | None = None, repair: bool = False,
-           workers: int | None = None) -> int:
+           workers: int | None = None, report: Path | None = None) -> int:
     log = logs.get()
     names = components or [c.name for c in manifest.enabled()]
     unknown = [n for n in names if n not in manifest.components]
@@ -297,6 +299,10 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
         journal = open_journal(manifest)
         try:
             bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers, repair)
+            bad += [f"expect {p}" for p in report_mod.expectation_problems(manifest, names)]
+            if report is not None:
+                json_path = report_mod.write(report, manifest, report_mod.build(manifest, journal, names), bad)
+                print(f"verify: report written to {report} and {json_path}")
             for line in bad:
                 print(f"BAD {line}")
             if not bad:
