@@ -84,6 +84,7 @@ def test_subset_extracts_only_its_classes_and_leaves_the_archive(dataset: Datase
     train = dataset.status()["components"]["train"]
     assert train["phase"] == "ready" and train["classes_total"] == 2
     assert dataset.run("apply") == 0  # converged: the other classes are not "missing"
+    assert dataset.run("verify") == 0
 
 
 def test_subset_naming_a_class_the_archive_lacks_is_an_error(tmp_path: Path,

@@ -100,7 +100,7 @@ def test_report_names_planted_odd_files_digests_and_counts(applied: tuple[Path, 
 
 def test_verify_checks_expectations_on_disk(applied: tuple[Path, Path, bytes, dict[str, str]],
                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    m, root, _, _ = applied
+    m, _, _, _ = applied
     m.write_text(m.read_text().replace("per_class_min = 4, per_class_max = 5", "per_class = 5"))
     capsys.readouterr()
     assert cli.main(["--log-format", "json", "verify", "--report", str(tmp_path / "r.md"), str(m)]) == 1

@@ -22,7 +22,7 @@ from datasetd import logs
 from datasetd.archive.verify import verify_folder
 from datasetd.config.manifest import Manifest
 from datasetd.core.model import Journal
-from datasetd.core.planning import unit_paths
+from datasetd.core.planning import selected_units, unit_paths
 from datasetd.state.journal import JournalDB
 from datasetd.state.observe import observe
 
@@ -96,7 +96,7 @@ def account_for_manifest(manifest: Manifest, journal: JournalDB,
             for name, row in sorted(journal.units(comp.name).items()):
                 recorded.append(RecordedUnit(comp.name, name, unit_paths(comp, name).folder, row.bytes))
             continue
-        for u in state.units:
+        for u in selected_units(comp, state):  # a `classes` subset expects only its own folders
             folder = unit_paths(comp, u.name).folder
             if u.journal is not Journal.NONE:
                 recorded.append(RecordedUnit(comp.name, u.name, folder, u.index.bytes))
