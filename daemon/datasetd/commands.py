@@ -70,8 +70,8 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
         print("nothing to do: every enabled component is converged")
     for name, c in per_component.items():
         inodes = f"{c['need_inodes']:,} inodes" if c["inodes_known"] else "inodes unknown until indexed"
-        print(f"  {name:<16} fetch {_h(c['fetch_bytes'])} ({c['fetch_bytes']:,} B), "
-              f"needs {_h(c['need_bytes'])} and {inodes}")
+        fetch = "an unpinned size" if c["fetch_bytes"] is None else f"{_h(c['fetch_bytes'])} ({c['fetch_bytes']:,} B)"
+        print(f"  {name:<16} fetch {fetch}, needs {_h(c['need_bytes'])} and {inodes}")
     for key, n in sorted(counts.items()):
         comp, kind = key.split(":")
         print(f"  {comp:<16} {kind:<16} x{n}")
@@ -95,6 +95,8 @@ def _header_counts(manifest: Manifest, observed: Observed) -> dict[str, TarCount
         state = observed.components.get(comp.name)
         if comp.unpack == "none" or state is None or state.archive.indexed or not state.archive.present:
             continue
+        if comp.size is not None and state.archive.size != comp.size:
+            continue  # not the archive the manifest pins (apply refuses it): keep the pinned size's bound
         count = count_members(comp.archive, nested=comp.unpack == "class-tars")
         if count is not None:
             out[comp.name] = count

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bz2
 import concurrent.futures as cf
 import contextlib
-import gzip
 import hashlib
 import lzma
 import os
@@ -23,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, cast
 
+from isal import igzip, isal_zlib
+
 from datasetd.archive.digest import hash_file
 from datasetd.archive.tarsafe import CLASS_TAR_RE, HashingReader, Readable, TailCheck, check_member, open_stream
 from datasetd.core.model import FLAT, Origin, UnitIndex
@@ -30,6 +31,8 @@ from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, Perm
 from datasetd.state.fswalk import list_files
 
 CHUNK = 1 << 20
+# isal's stubs declare `error` as an instance; it is the exception class bad deflate data raises.
+ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
 FileRecord = tuple[str, int, str]  # relative name, size, sha256
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -126,10 +129,12 @@ def _magic(path: Path) -> bytes:
 
 
 def _decompressing(reader: HashingReader, magic: bytes) -> Readable:
-    """The stdlib's own readers: unlike tarfile's stream they check the trailer (length, CRC), so a
-    compressed tar cut short is an error rather than a shorter tar."""
+    """File readers that, unlike tarfile's stream, check the trailer (length, CRC), so a compressed
+    tar cut short is an error rather than a shorter tar. gzip through ISA-L (python-isal's
+    IGzipFile, the stdlib GzipFile's drop-in): 1,255 MB/s against zlib's 541 MB/s on a 1 GiB
+    stream of image-like data on the 2-core development machine (manifests/README.md)."""
     if magic.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=reader, mode="rb")
+        return cast(Readable, igzip.IGzipFile(fileobj=reader, mode="rb"))  # type: ignore[no-untyped-call]
     if magic.startswith(b"BZh"):
         return bz2.BZ2File(reader)
     if magic.startswith(b"\xfd7zXZ\x00"):
@@ -141,7 +146,7 @@ def _decompressing(reader: HashingReader, magic: bytes) -> Readable:
 def _decoding(archive: str) -> Iterator[None]:
     try:
         yield
-    except (OSError, lzma.LZMAError) as e:  # the index only reads: bad gzip/bz2/xz data, or a read error
+    except (OSError, lzma.LZMAError, ISAL_ERROR) as e:  # bad gzip/bz2/xz data, or a read error
         raise CorruptArchive(archive, f"unreadable compressed data ({e})") from e
 
 
@@ -221,8 +226,11 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
     files: list[FileRecord] = []
     dirs = 0
     seen: set[str] = set()
-    with _open_origin(origin) as reader, _reading(label):
-        tf = open_stream(reader, label)
+    with _open_origin(origin) as reader, _reading(label), _decoding(label):
+        # A flat tar may be compressed (class tars inside an archive never are): decompress in the
+        # stream, never into an uncompressed copy on disk.
+        magic = _magic(origin.path) if origin.offset == 0 else b""
+        tf = open_stream(_decompressing(reader, magic), label, compressed=False)
         with tf:
             for member in tf:
                 rel = check_member(label, member)
@@ -330,8 +338,11 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
     label = _label(origin)
     files: list[FileRecord] = []
     dirs = 0
-    with _open_origin(origin) as reader, _reading(label):
-        tf = open_stream(reader, label)
+    with _open_origin(origin) as reader, _reading(label), _decoding(label):
+        # A flat tar may be compressed (class tars inside an archive never are): decompress in the
+        # stream, never into an uncompressed copy on disk.
+        magic = _magic(origin.path) if origin.offset == 0 else b""
+        tf = open_stream(_decompressing(reader, magic), label, compressed=False)
         with tf:
             for member in tf:
                 rel = check_member(label, member)

@@ -258,13 +258,13 @@ def _unindexed_need(comp: Component, archive: ArchiveState, count: TarCount | No
     return Need(comp.name, comp.into, bound, 0, False)
 
 
-def fetch_bytes(comp: Component, state: ComponentState | None) -> int:
-    """Bytes still to download for this component (0 for a file source or a verified download)."""
+def fetch_bytes(comp: Component, state: ComponentState | None) -> int | None:
+    """Bytes still to download (0 for a file source or a verified download; None: size not pinned)."""
     if state is None or not comp.downloaded or not comp.enabled or state.archive.verified:
         return 0
     if state.archive.indexed and all(unit_done(u) for u in selected_units(comp, state)):
         return 0
-    return comp.size or 0
+    return comp.size
 
 
 def unit_done(unit: UnitState) -> bool:
