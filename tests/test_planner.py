@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from datasetd.config.manifest import Manifest, parse
+from datasetd.core.costs import space_needs, traffic
 from datasetd.core.model import (
     FLAT,
     AdoptUnit,
@@ -26,7 +27,7 @@ from datasetd.core.model import (
     UnitState,
     VerifyUnit,
 )
-from datasetd.core.planning import is_ready, plan, space_needs, traffic, unit_paths
+from datasetd.core.planning import is_ready, plan, unit_paths
 
 ROOT = Path("/data/root")
 SHA = "a" * 64
@@ -120,7 +121,7 @@ def test_nothing_on_disk_extracts_in_place_from_the_archive() -> None:
 
 
 def test_a_leftover_partial_is_extracted_again() -> None:
-    a = only(plan(manifest(), observed(unit(partial=True))))
+    a = only(plan(manifest(), observed(unit())))
     assert isinstance(a, ExtractUnit)
 
 

@@ -7,7 +7,6 @@ mismatch, not enough space), 2 invalid manifest or usage, 3 `wait` timed out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 from collections.abc import Sequence
@@ -109,10 +108,6 @@ def _wait(manifest: Manifest, components: list[str] | None, timeout: float | Non
         print(f"datasetd: {e}", file=sys.stderr)
         return EXIT_TIMEOUT
     return EXIT_OK
-
-
-def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def entry() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 from datasetd import logs
 from datasetd.archive.headers import count_members
 from datasetd.config.manifest import Manifest
-from datasetd.core.model import Observed, TarCount
-from datasetd.core.planning import Need, fetch_bytes, space_needs, traffic
+from datasetd.core.costs import Need, fetch_bytes, space_needs, traffic
+from datasetd.core.model import Action, Observed, TarCount
 from datasetd.core.planning import plan as make_plan
 from datasetd.core.summary import summarize
 from datasetd.engine import report as report_mod
@@ -115,8 +115,9 @@ def _per_component(manifest: Manifest, observed: Observed, needs: list[Need]) ->
     return out
 
 
-def _describe(action: Any) -> dict[str, Any]:
-    return {"kind": action.kind, "component": action.component,
+def _describe(action: Action) -> dict[str, Any]:
+    kind = type(action)
+    return {"kind": action.kind, "component": action.component, "phase": kind.phase, "runs_in": kind.runs_in,
             **{k: str(v) for k, v in vars(action).items() if k not in ("component", "origin")}}
 
 

@@ -18,6 +18,9 @@ Every message is one line that names the file, key or member and what to do.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class DatasetdError(Exception):
     """Base of every error datasetd raises on purpose."""
@@ -121,6 +124,41 @@ class TemporaryError(DatasetdError):
     def __init__(self, message: str, delay: float = 30.0) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+# The one table from an OS error to what the user should do; ENOSPC and EDQUOT are one case everywhere.
+_ERRNO_FIX: dict[int, str] = {
+    errno.ENOSPC: "no space left on its filesystem ({strerror}); free space there and run again: verified data is kept",
+    errno.EDQUOT: "disk quota exceeded ({strerror}); free space there and run again: verified data is kept",
+    errno.EACCES: "{strerror}; give datasetd write access or fix the path",
+    errno.EPERM: "{strerror}; give datasetd write access or fix the path",
+    errno.EROFS: "{strerror}; give datasetd write access or fix the path",
+    errno.ENAMETOOLONG: "{strerror}; choose a shorter path in the manifest",
+}
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def from_os_error(exc: OSError, where: str) -> PermanentError:
+    """An OSError as a one-line PermanentError naming the path (or `where`) and the fix."""
+    place = exc.filename or where
+    strerror = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    fix = _ERRNO_FIX.get(exc.errno or 0, "{strerror}")
+    return PermanentError(f"{place}: {fix.format(strerror=strerror)}")
+
+
+def classify(exc: BaseException, component: str, step: str) -> DatasetdError:
+    """The only place that turns an arbitrary failure into Permanent or Temporary."""
+    if isinstance(exc, DatasetdError):
+        return exc
+    if isinstance(exc, OSError):
+        return from_os_error(exc, f"components.{component}")
+    if type(exc).__name__ == "BrokenProcessPool":  # concurrent.futures, without importing it here
+        return PermanentError(f"components.{component}: a worker process died ({exc}); "
+                              "check memory limits and the kernel log")
+    return PermanentError(f"components.{component}: internal error in {step}: {exc!r}")
 
 
 def _shown(name: str, limit: int = 200) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd.config.manifest import Component
-from datasetd.errors import TemporaryError
+from datasetd.errors import DigestMismatch, PermanentError, TemporaryError
 
 CHUNK = 1 << 20
 
@@ -54,3 +54,15 @@ def mismatch(component: Component, d: Digests) -> tuple[str, str, str] | None:
     if component.md5 is not None and d.md5 != component.md5.lower():
         return "md5", component.md5.lower(), str(d.md5)
     return None
+
+
+def check_pins(component: Component, size: int, sha256: str, md5: str | None) -> None:
+    """The one pin check: raise for the first pin (size, sha256, md5) the archive's digests break."""
+    broken = mismatch(component, Digests(size, sha256, md5))
+    if broken is None:
+        return
+    what, expected, actual = broken
+    hint = f"the file is corrupt or components.{component.name} pins another archive"
+    if what == "size":
+        raise PermanentError(f"{component.archive}: size is {actual}, expected {expected}; {hint}")
+    raise DigestMismatch(str(component.archive), what, expected, actual, hint)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from datasetd.config.manifest import Component
 
 FLAT = "."  # unit name of a flat tar: the unit is `into` itself
 
@@ -51,7 +54,6 @@ class UnitState:
     loose_tar: str | None = None  # "W.tar" or "Z_W.tar" found in `into` (hand-split or earlier run)
     loose_tar_ok: bool = False  # its size equals the indexed size
     folder: bool = False
-    partial: bool = False  # `.W.partial` (or `.W.old`) left by a crash
     journal: Journal = Journal.NONE
     intact: bool = False  # folder's names and sizes equal the journal's record
 
@@ -78,8 +80,6 @@ class ComponentState:
 @dataclass(frozen=True)
 class Observed:
     components: dict[str, ComponentState] = field(default_factory=dict)
-    # free bytes / inodes per filesystem, keyed by a path on it (for the space check)
-    free: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 # ---- actions -------------------------------------------------------------------------------
@@ -96,9 +96,22 @@ class Origin:
     loose: bool
 
 
+Phase = Literal["fetching", "unpacking", "verifying"]
+RunsIn = Literal["worker", "thread", "inline"]  # a worker process (CPU), a fetch thread, or the executor itself
+
+
 @dataclass(frozen=True)
 class Action:
+    """One step the planner decided. Each concrete type says, as class data, what the reactor and the
+    figures need to know of it: the phase it shows and where it runs; `engine.steps.STEPS` says how."""
+
+    phase: ClassVar[Phase | None] = "unpacking"
+    runs_in: ClassVar[RunsIn] = "inline"
     component: str
+
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        """Bytes this step reads and writes (for `datasetd plan`); renames and deletes move none."""
+        return (0, 0)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -113,12 +126,22 @@ class Action:
 class Fetch(Action):
     """Download the archive (http, torrent) to component.archive."""
 
+    phase: ClassVar[Phase | None] = "fetching"
+    runs_in: ClassVar[RunsIn] = "thread"
+
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        return (0, comp.size or 0)
+
 
 @dataclass(frozen=True)
 class IndexArchive(Action):
     """Hash the archive, check it against the manifest, list its units and members."""
 
+    runs_in: ClassVar[RunsIn] = "worker"
     path: Path
+
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        return (state.archive.size or comp.size or 0, 0)
 
 
 @dataclass(frozen=True)
@@ -134,6 +157,7 @@ class UnitAction(Action):
 class _FromTar(UnitAction):
     """A step that reads the unit's tar and may (re)build its folder."""
 
+    runs_in: ClassVar[RunsIn] = "worker"
     origin: Origin
     folder: Path
     partial: Path
@@ -147,10 +171,16 @@ class ExtractUnit(_FromTar):
 
     replace: bool  # an existing folder that failed its check is swapped out
 
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        return (self.origin.size, self.expected_bytes)
+
 
 @dataclass(frozen=True)
 class AdoptUnit(_FromTar):
     """A folder with no record (hand-made, or a crash before recording): compare it with its tar."""
+
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        return (self.origin.size, 0)
 
 
 @dataclass(frozen=True)
@@ -165,7 +195,12 @@ class MarkProcessed(UnitAction):
 class VerifyUnit(UnitAction):
     """Re-read every file of the folder: exact member set, sizes, sha256."""
 
+    phase: ClassVar[Phase | None] = "verifying"
+    runs_in: ClassVar[RunsIn] = "worker"
     folder: Path
+
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        return (sum(u.index.bytes for u in state.units if u.name == self.unit), 0)
 
 
 @dataclass(frozen=True)
@@ -184,7 +219,10 @@ class DeleteArchive(Action):
 
 @dataclass(frozen=True)
 class Blocked(Action):
-    """Nothing can be done until the user acts; carries the one-line reason."""
+    """Nothing can be done until the user acts; carries the one-line reason. Never runs: the executor
+    records it as the component's (or unit's) error."""
+
+    phase: ClassVar[Phase | None] = None
 
     reason: str
     unit: str = ""

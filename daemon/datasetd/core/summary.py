@@ -9,14 +9,10 @@ from datasetd.config.manifest import Component
 from datasetd.core.model import ComponentState, Journal
 from datasetd.core.planning import is_ready, selected_units, unit_done
 
-FETCH_KINDS = {"Fetch"}
-UNPACK_KINDS = {"IndexArchive", "ExtractUnit", "AdoptUnit", "MarkProcessed", "DeleteClassTar", "DeleteArchive"}
-VERIFY_KINDS = {"VerifyUnit"}
-
 
 def summarize(comp: Component, state: ComponentState | None, running: Collection[str] = (),
               error: str | None = None) -> dict[str, Any]:
-    """Phase and done/total counters; `running` holds the kinds of actions in flight."""
+    """Phase and done/total counters; `running` holds the phases (Action.phase) of the steps in flight."""
     out: dict[str, Any] = {"last_error": error}
     if not comp.enabled:
         out["phase"] = "disabled"
@@ -38,11 +34,11 @@ def summarize(comp: Component, state: ComponentState | None, running: Collection
         out["phase"] = "error"
     elif is_ready(comp, state):
         out["phase"] = "ready"
-    elif set(running) & FETCH_KINDS:
+    elif "fetching" in running:
         out["phase"] = "fetching"
-    elif set(running) & VERIFY_KINDS and not set(running) & UNPACK_KINDS:
+    elif "verifying" in running and "unpacking" not in running:
         out["phase"] = "verifying"
-    elif set(running) & (UNPACK_KINDS | VERIFY_KINDS):
+    elif running:
         out["phase"] = "unpacking"
     else:
         out["phase"] = "pending"

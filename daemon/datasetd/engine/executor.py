@@ -1,54 +1,66 @@
-"""The reactor: plan, run actions in a bounded pool, record, re-observe, plan again.
+"""The reactor: plan, run actions in bounded pools, record, re-observe, plan again.
 
-Pure decisions come from `planning`; this module only runs them. CPU-bound
-steps (hashing, tar parsing) run in worker processes; downloads in threads;
-renames and deletes inline. After each step the touched unit is observed
-again and the whole (in-memory) state re-planned, so a unit's next step
-starts while its bytes are still in the page cache.
+Pure decisions come from `core.planning`; how each action type runs comes from
+`engine.steps.STEPS`. CPU-bound steps (hashing, tar parsing) run in worker
+processes; downloads in threads; renames and deletes inline. After each step
+the touched unit is observed again and the whole (in-memory) state re-planned,
+so a unit's next step starts while its bytes are still in the page cache.
 
-Durability is a group commit: verified units wait in `pending_commit` until
-one syncfs flushes all of them, then a single durable journal transaction
-marks them VERIFIED; only then may their tars be deleted.
+All the executor remembers of a unit is one frozen `StepState` per
+(component, unit) key (kopf's HandlerState is the model): attempts, a retry
+time, a failure, the step in flight, and since when it waits for the group
+commit. Only keys the current plan still holds can delay or keep the loop
+awake, so a component disabled while in backoff cannot stall convergence.
+
+Durability is a group commit: verified units wait until one syncfs flushes all
+of them, then a single durable journal transaction marks them VERIFIED; only
+then may their tars be deleted.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import errno
 import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from datasetd import logs, platform
 from datasetd.config.manifest import Manifest
-from datasetd.core.model import (
-    Action,
-    AdoptUnit,
-    Blocked,
-    ComponentState,
-    ExtractUnit,
-    IndexArchive,
-    Observed,
-    UnitAction,
-    VerifyUnit,
-)
-from datasetd.core.planning import is_ready, plan, space_needs
+from datasetd.core.costs import space_needs
+from datasetd.core.model import Action, Blocked, ComponentState, IndexArchive, Observed, UnitAction
+from datasetd.core.planning import is_ready, plan
 from datasetd.core.summary import summarize
-from datasetd.engine.steps import StepRunner, classify
-from datasetd.errors import NoSpace, TemporaryError
+from datasetd.engine.steps import STEPS, Hands
+from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
 from datasetd.state.journal import JournalDB
 from datasetd.state.observe import observe, observe_component, observe_unit, space_report
 from datasetd.state.status import StatusBoard
 
 MAX_ATTEMPTS = 3
-_POOLED = (IndexArchive, ExtractUnit, AdoptUnit, VerifyUnit)  # the steps run in worker processes
+COMMIT_BATCH = 256  # verified units that force a group commit even while steps still run
+Key = tuple[str, str]  # (component, unit); unit "" for component-level steps
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Everything the executor knows of one key between two observations."""
+
+    attempts: int = 0
+    retry_at: float | None = None  # monotonic time before which the key is not planned again
+    failed: str | None = None  # permanent failure: the key stays in error until the manifest changes
+    running: Action | None = None
+    verified_at: float | None = None  # verified, waiting for the group commit since
+
+    @property
+    def busy(self) -> bool:
+        return self.running is not None or self.verified_at is not None
 
 
 @dataclass
@@ -63,8 +75,6 @@ class Outcome:
 
 
 def init_worker() -> None:
-    # Workers die with the coordinator: a SIGKILLed apply must not leave a worker
-    # writing into a .partial dir that the next run is about to clear.
     platform.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
 
@@ -72,48 +82,60 @@ def init_worker() -> None:
 class Executor:
     def __init__(self, manifest: Manifest, journal: JournalDB, board: StatusBoard, *,
                  workers: int | None = None, sources: Mapping[str, Source] | None = None,
-                 stop: threading.Event | None = None, commit_every: float = 2.0) -> None:
+                 stop: threading.Event | None = None, commit_every: float = 2.0,
+                 on_round: Callable[[], None] = lambda: None) -> None:
         self.manifest = manifest
         self.journal = journal
         self.board = board
         self.workers = workers or manifest.daemon.workers
         self.stop = stop or threading.Event()
-        # the fetches share the executor's stop: a shutdown stops downloads too
         self.commit_every = commit_every
+        self.on_round = on_round  # called once per loop round (the daemon's heartbeat)
         self.log = logs.get()
-        self.steps = StepRunner(manifest, journal, board, sources or {})
+        self.hands = Hands(manifest, journal, board, sources or {})
         self.observed: dict[str, ComponentState] = {}
-        self.inflight: dict[cf.Future[Any], Action] = {}
-        self.failed: dict[tuple[str, str], str] = {}
-        self.attempts: dict[tuple[str, str], int] = {}
-        self.delayed: dict[tuple[str, str], float] = {}
-        self.pending_commit: dict[str, list[tuple[str, float]]] = {}
+        self.states: dict[Key, StepState] = {}
+        self.futures: dict[cf.Future[Any], Key] = {}
         self._last_progress = time.monotonic()
-        self._new_manifest: Manifest | None = None
+        self._new: tuple[Manifest, Mapping[str, Source] | None] | None = None
+        self._pools_by_place: dict[str, cf.Executor] = {}
 
-    def reload(self, manifest: Manifest) -> None:
+    def reload(self, manifest: Manifest, sources: Mapping[str, Source] | None = None) -> None:
         """Switch to an edited manifest at the next step boundary (thread-safe).
 
         New or re-enabled components start; disabled or removed ones get no new
         steps and their downloads are told to stop. Nothing is deleted.
         """
-        self._new_manifest = manifest  # picked up within a second: the loop never waits longer
+        self._new = (manifest, sources)  # picked up within a second: the loop never waits longer
 
     def _take_new_manifest(self) -> None:
-        manifest, self._new_manifest = self._new_manifest, None
-        if manifest is None:
+        new, self._new = self._new, None
+        if new is None:
             return
-        self.manifest = manifest
-        self.steps.manifest = manifest
+        manifest, sources = new
+        self.manifest = self.hands.manifest = manifest
+        if sources is not None:
+            self.hands.sources = sources
         self.board.reset(manifest)
-        for name in list(self.steps.fetch_stops):
-            comp = manifest.components.get(name)
-            if comp is None or not comp.enabled:
-                self.steps.fetch_stops[name].set()
-        self.failed.clear()
-        self.attempts.clear()
+        enabled = {c.name for c in manifest.enabled()}
+        self.hands.stop_fetches_of({n for n in self.hands.fetch_stops if n not in enabled})
+        # A manifest edit is the user acting: failures and backoffs start afresh. What is in flight
+        # stays tracked; what waits for a commit stays only for components that are still enabled.
+        self.states = {key: StepState(running=s.running, verified_at=s.verified_at if key[0] in enabled else None)
+                       for key, s in self.states.items() if s.running is not None
+                       or (s.verified_at is not None and key[0] in enabled)}
         self.observed = dict(observe(manifest, self.journal).components)
         self.log.info("daemon.reloaded", manifest=str(manifest.path), sha256=manifest.sha256)
+
+    def _state(self, key: Key) -> StepState:
+        return self.states.get(key) or StepState()
+
+    def _set(self, key: Key, **changes: Any) -> None:
+        state = replace(self._state(key), **changes)
+        if state == StepState():
+            self.states.pop(key, None)
+        else:
+            self.states[key] = state
 
     # ---- entry -------------------------------------------------------------------------------
 
@@ -123,24 +145,24 @@ class Executor:
         observed = observe(self.manifest, self.journal)
         check_space(self.manifest, observed)
         self.observed = dict(observed.components)
-        with self._pools() as (procs, threads):
-            self.steps.procs, self.steps.threads = procs, threads
+        with self._pools() as pools:
+            self._pools_by_place = pools
             try:
                 self._loop()
             finally:
                 if self.stop.is_set():
-                    self.steps.stop_fetches()
+                    self.hands.stop_fetches()
                 self._drain_on_stop()
                 self._commit(force=True)
         return self._outcome()
 
     @contextlib.contextmanager
-    def _pools(self) -> Iterator[tuple[cf.ProcessPoolExecutor, cf.ThreadPoolExecutor]]:
+    def _pools(self) -> Iterator[dict[str, cf.Executor]]:
         ctx = multiprocessing.get_context("fork")
         procs = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker)
         threads = cf.ThreadPoolExecutor(4, thread_name_prefix="fetch")
         try:
-            yield procs, threads
+            yield {"worker": procs, "thread": threads}
         finally:
             stopping = self.stop.is_set()
             threads.shutdown(wait=not stopping, cancel_futures=True)
@@ -152,68 +174,92 @@ class Executor:
     def _loop(self) -> None:
         while not self.stop.is_set():
             self._take_new_manifest()
-            self._submit_ready()
-            if not self.inflight and not self.pending_commit and not self.delayed:
+            retry_at = self._submit_ready()
+            self.on_round()
+            if not self.futures and not self._awaiting_commit() and retry_at is None:
                 return
-            timeout = self._next_wakeup()
-            done, _ = cf.wait(list(self.inflight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+            timeout = self._next_wakeup(retry_at)
+            if not self.futures:
+                self.stop.wait(timeout)  # cf.wait returns at once on no futures: waiting there would spin
+            done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
             for future in done:
                 self._complete(future)
             self._commit()
             self._report()
 
-    def _next_wakeup(self) -> float:
+    def _awaiting_commit(self) -> dict[Key, float]:
+        return {k: s.verified_at for k, s in self.states.items() if s.verified_at is not None}
+
+    def _next_wakeup(self, retry_at: float | None) -> float:
         now = time.monotonic()
-        wake = min([*self.delayed.values(), now + 1.0])
-        if self.pending_commit:
+        wake = min(retry_at if retry_at is not None else now + 1.0, now + 1.0)
+        if self._awaiting_commit():
             wake = min(wake, now + self.commit_every)
         return max(0.0, wake - now)
 
     # ---- submit and complete -----------------------------------------------------------------
 
-    def _submit_ready(self) -> None:
-        busy = {a.key for a in self.inflight.values()}
-        busy |= {(c, u) for c, units in self.pending_commit.items() for u, _ in units}
+    def _submit_ready(self) -> float | None:
+        """Start every planned step that may start; return the earliest retry among planned keys waiting."""
         now = time.monotonic()
+        retry_at: float | None = None
         # A bounded queue: a unit's VerifyUnit then runs right behind its ExtractUnit, while its
         # bytes are in the page cache, and queued work items (VerifyUnit carries the unit's
         # whole file list) do not pile up in this process for the length of the archive.
-        pooled = sum(isinstance(a, _POOLED) for a in self.inflight.values())
+        pooled = sum(self._place(s.running) == "worker" for s in self.states.values() if s.running is not None)
         for action in plan(self.manifest, Observed(self.observed)):
-            key = action.key
-            blocked = key in self.failed or (action.component, "") in self.failed
-            if key in busy or blocked or self.delayed.get(key, 0) > now:
+            state = self._state(action.key)
+            if state.busy or state.failed is not None or self._state((action.component, "")).failed is not None:
                 continue
-            self.delayed.pop(key, None)
+            if state.retry_at is not None and state.retry_at > now:
+                retry_at = min(retry_at or state.retry_at, state.retry_at)
+                continue
             if isinstance(action, Blocked):
                 self._fail(action, action.reason)
                 continue
-            if isinstance(action, _POOLED):
+            if self._place(action) == "worker":
                 if pooled >= 2 * self.workers:
                     continue
                 pooled += 1
-            busy.add(key)
-            try:
-                future = self.steps.submit(action)
-            except Exception as exc:  # noqa: BLE001 - a step that cannot start (a size pin) fails like any step
+            self._start(action)
+        return retry_at
+
+    @staticmethod
+    def _place(action: Action) -> str:
+        return type(action).runs_in
+
+    def _start(self, action: Action) -> None:
+        future: cf.Future[Any]
+        try:
+            fn, args = STEPS[type(action)].work(self.hands, action)
+            pool = self._pools_by_place.get(self._place(action))
+            if pool is not None:
+                future = pool.submit(fn, *args)
+            else:
                 future = cf.Future()
-                future.set_exception(exc)
-            self.inflight[future] = action
+                future.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - a step that cannot start (a size pin) fails like any step
+            future = cf.Future()
+            future.set_exception(exc)
+        self._set(action.key, running=action, retry_at=None)
+        self.futures[future] = action.key
 
     def _complete(self, future: cf.Future[Any]) -> None:
-        action = self.inflight.pop(future)
+        key = self.futures.pop(future)
+        action = self._state(key).running
+        assert action is not None
+        self._set(key, running=None)
         if action.component not in self.manifest.components:
+            self.states.pop(key, None)
             return  # removed from the manifest while it ran: its result stays on disk, unrecorded
         try:
-            verified = self.steps.complete(action, future.result())
+            verified = STEPS[type(action)].record(self.hands, action, future.result())
         except Exception as exc:  # noqa: BLE001 - classify decides; nothing escapes unlogged
             self._failed_step(action, exc)
         else:
-            if verified:
-                self.pending_commit.setdefault(action.component, []).append(
-                    (getattr(action, "unit", ""), time.monotonic()))
+            self._set(key, attempts=0, verified_at=time.monotonic() if verified else None)
         self._refresh(action)
-        if isinstance(action, IndexArchive) and action.key not in self.failed:
+        if isinstance(action, IndexArchive) and self._state(key).failed is None:
             self._recheck_space(action)
 
     def _recheck_space(self, action: Action) -> None:
@@ -224,17 +270,16 @@ class Executor:
             self._fail(action, str(e))
 
     def _failed_step(self, action: Action, exc: BaseException) -> None:
-        err = classify(exc, action)
-        key = action.key
-        self.attempts[key] = self.attempts.get(key, 0) + 1
-        if isinstance(err, TemporaryError) and self.attempts[key] < MAX_ATTEMPTS:
-            self.delayed[key] = time.monotonic() + err.delay
+        err = classify(exc, action.component, action.kind)
+        attempts = self._state(action.key).attempts + 1
+        if isinstance(err, TemporaryError) and attempts < MAX_ATTEMPTS:
+            self._set(action.key, attempts=attempts, retry_at=time.monotonic() + err.delay)
             self.log.warning("step.retrying", component=action.component, step=action.kind,
-                             delay=err.delay, error=str(err))
-            self.journal.step(action.component, key[1], action.kind, "retry", str(err))
+                             delay=err.delay, attempt=attempts + 1, attempts=MAX_ATTEMPTS, error=str(err))
+            self.journal.step(action.component, action.key[1], action.kind, "retry", str(err))
             return
         message = str(err)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_out_of_space(exc):
             message += self._space_still_needed()
         self._fail(action, message)
 
@@ -250,7 +295,7 @@ class Executor:
                        for fs in short)
 
     def _fail(self, action: Action, message: str) -> None:
-        self.failed[action.key] = message
+        self._set(action.key, failed=message, retry_at=None)
         self.journal.step(action.component, action.key[1], action.kind, "failed", message)
         self.log.error("step.failed", component=action.component, unit=action.key[1] or None,
                        step=action.kind, error=message)
@@ -271,30 +316,32 @@ class Executor:
     # ---- group commit ------------------------------------------------------------------------
 
     def _commit(self, force: bool = False) -> None:
-        if not self.pending_commit:
+        waiting = self._awaiting_commit()
+        if not waiting:
             return
-        oldest = min(t for units in self.pending_commit.values() for _, t in units)
-        count = sum(len(units) for units in self.pending_commit.values())
-        idle = not self.inflight
-        if not (force or idle or count >= 256 or time.monotonic() - oldest >= self.commit_every):
+        idle = not self.futures
+        stale = time.monotonic() - min(waiting.values()) >= self.commit_every
+        if not (force or idle or len(waiting) >= COMMIT_BATCH or stale):
             return
         # One flush for every unit in the batch: after syncfs returns, the extracted files
         # and their directory renames survive power loss, so VERIFIED may be recorded and
         # the tars deleted (journal commit is synchronous=FULL).
-        for path in self._commit_filesystems():
+        for path in self._commit_filesystems(waiting):
             platform.syncfs(path)
-        pending, self.pending_commit = self.pending_commit, {}
-        for name, units in pending.items():
-            unit_names = [u for u, _ in units]
-            self.journal.mark_verified(name, unit_names)
-            for unit in unit_names:
+        by_component: dict[str, list[str]] = {}
+        for component, unit in waiting:
+            self._set((component, unit), verified_at=None)
+            by_component.setdefault(component, []).append(unit)
+        for name, units in by_component.items():
+            self.journal.mark_verified(name, units)
+            for unit in units:
                 self.journal.step(name, unit, "Commit", "ok")
-                self.log.info(self.steps.event(name, "verified"), component=name, unit=unit)
+                self.log.info(self.hands.event(name, "verified"), component=name, unit=unit)
                 self._refresh(UnitAction(name, unit))
 
-    def _commit_filesystems(self) -> list[Path]:
+    def _commit_filesystems(self, keys: Iterable[Key]) -> list[Path]:
         seen: dict[int, Path] = {}
-        for name in self.pending_commit:
+        for name in {component for component, _ in keys}:
             into = self.manifest.components[name].into
             for path in (into, self.manifest.state_dir):
                 if path is not None and path.exists():
@@ -303,13 +350,22 @@ class Executor:
 
     # ---- reporting -----------------------------------------------------------------------------
 
+    def failures(self) -> dict[str, str]:
+        """component -> its first failure message."""
+        out: dict[str, str] = {}
+        for (component, _), state in sorted(self.states.items()):
+            if state.failed is not None:
+                out.setdefault(component, state.failed)
+        return out
+
     def _report(self) -> None:
         running: dict[str, set[str]] = {}
-        for action in self.inflight.values():
-            running.setdefault(action.component, set()).add(action.kind)
+        for state in self.states.values():
+            if state.running is not None and type(state.running).phase is not None:
+                running.setdefault(state.running.component, set()).add(str(type(state.running).phase))
+        failures = self.failures()
         for name, comp in self.manifest.components.items():
-            error = next((m for (c, _), m in self.failed.items() if c == name), None)
-            fields = summarize(comp, self.observed.get(name), running.get(name, set()), error)
+            fields = summarize(comp, self.observed.get(name), running.get(name, set()), failures.get(name))
             if fields.get("phase") == "fetching":
                 fields = {k: v for k, v in fields.items() if not k.startswith(("bytes", "files"))}
             self.board.update(name, **fields)
@@ -324,18 +380,16 @@ class Executor:
         if not self.stop.is_set():
             return
         deadline = time.monotonic() + self.manifest.daemon.stop_timeout
-        while self.inflight and time.monotonic() < deadline:
-            done, _ = cf.wait(list(self.inflight), timeout=max(0.0, deadline - time.monotonic()),
+        while self.futures and time.monotonic() < deadline:
+            done, _ = cf.wait(list(self.futures), timeout=max(0.0, deadline - time.monotonic()),
                               return_when=cf.FIRST_COMPLETED)
             for future in done:
                 self._complete(future)
-        self.log.info("apply.stopped", abandoned=len(self.inflight))
+        self.log.info("apply.stopped", abandoned=len(self.futures))
 
     def _outcome(self) -> Outcome:
         self._report()
-        out = Outcome(stopped=self.stop.is_set())
-        for (name, _), message in self.failed.items():
-            out.failed.setdefault(name, message)
+        out = Outcome(stopped=self.stop.is_set(), failed=self.failures())
         for comp in self.manifest.enabled():
             if is_ready(comp, self.observed.get(comp.name)):
                 out.ready.append(comp.name)
@@ -345,8 +399,8 @@ class Executor:
                                          if waiting else "did not converge; run again or see the log")
         self.board.state = "stopped" if out.stopped else ("converged" if out.ok else "failed")
         self.board.write(force=True)
-        event = "apply.converged" if out.ok else ("apply.stopped" if out.stopped else "apply.failed")
-        self.log.info(event, ready=out.ready, failed=out.failed or None)
+        self.log.info("apply.converged" if out.ok else ("apply.stopped" if out.stopped else "apply.failed"),
+                      ready=out.ready, failed=out.failed or None)
         return out
 
 

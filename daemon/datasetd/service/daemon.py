@@ -300,8 +300,7 @@ class Daemon:
             # The executor logs daemon.reloaded when it switches, within a second. One still being
             # built, or one ending before it switches, is caught by _after_pass.
             if job.executor is not None:
-                job.executor.steps.sources = self.sources
-                job.executor.reload(new)
+                job.executor.reload(new, self.sources)
         else:
             if job is not None:
                 job.stop.set()  # a verification yields to the edit, and starts over after the pass

@@ -77,30 +77,20 @@ class Job:
 # ---- reconcile -------------------------------------------------------------------------------
 
 
-class _DaemonExecutor(Executor):
-    """An Executor that beats once per round of its loop and says when it has made its first plan."""
-
-    def __init__(self, manifest: Manifest, journal: JournalDB, board: StatusBoard, *,
-                 sources: Mapping[str, Source], job: Job, planned: Callable[[], None]) -> None:
-        super().__init__(manifest, journal, board, sources=sources, stop=job.stop)
-        self._job = job
-        self._planned: Callable[[], None] | None = planned
-
-    def _submit_ready(self) -> None:
-        super()._submit_ready()
-        self._job.touch()
-        if self._planned is not None:
-            planned, self._planned = self._planned, None
-            planned()
-
-
 def reconcile(job: Job, board: StatusBoard, sources: Mapping[str, Source],
               planned: Callable[[], None]) -> Outcome:
     """One pass over job.manifest; the journal is opened in this thread, which alone uses it."""
     journal = JournalDB(job.manifest.state_dir)
     share_state(job.manifest.state_dir, job.manifest.root)
     try:
-        job.executor = _DaemonExecutor(job.manifest, journal, board, sources=sources, job=job, planned=planned)
+        first = [planned]
+
+        def beat() -> None:  # once per round of the executor's loop: a sign of life, and "planned" once
+            job.touch()
+            while first:
+                first.pop()()
+
+        job.executor = Executor(job.manifest, journal, board, sources=sources, stop=job.stop, on_round=beat)
         return job.executor.run()
     finally:
         journal.close()

@@ -14,9 +14,9 @@ import os
 import socket
 import time
 
-import structlog
+from datasetd import logs
 
-log = structlog.get_logger("datasetd")
+log = logs.get()
 
 _failure_logged = False
 

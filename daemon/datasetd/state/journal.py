@@ -159,10 +159,6 @@ class JournalDB:
                     [(component, row.sha256, u.name, u.offset, u.size, u.sha256, u.files, u.dirs,
                       u.bytes, u.problem) for u in units])
 
-    def forget_archive(self, component: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM archive WHERE component=?", (component,))
-
     def unit_index(self, component: str, archive_sha256: str) -> list[UnitIndex]:
         rows = self.db.execute(
             "SELECT unit, offset, size, sha256, files, dirs, bytes, problem FROM unit_index "
@@ -216,13 +212,6 @@ class JournalDB:
         self.db.execute("INSERT INTO step (at, component, unit, action, outcome, detail) VALUES (?,?,?,?,?,?)",
                         (time.time(), component, unit, action, outcome, detail))
 
-    def steps(self, action: str | None = None) -> list[tuple[str, str, str, str]]:
-        sql = "SELECT component, unit, action, outcome FROM step"
-        args: tuple[str, ...] = ()
-        if action is not None:
-            sql += " WHERE action=?"
-            args = (action,)
-        return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(sql + " ORDER BY id", args)]
 
 
 def damage(path: Path) -> str | None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd.config.manifest import Component, Manifest
+from datasetd.core.costs import Need
 from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Observed, UnitIndex, UnitState
-from datasetd.core.planning import Need, unit_paths
+from datasetd.core.planning import unit_paths
 from datasetd.state.fswalk import list_files
 from datasetd.state.journal import ArchiveRow, JournalDB, UnitRow
 
@@ -47,7 +48,6 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
                  row: UnitRow | None) -> UnitState:
     paths = unit_paths(comp, idx.name)
     folder = paths.folder.is_dir() and not paths.folder.is_symlink()
-    partial = os.path.lexists(paths.partial) or os.path.lexists(paths.old)
     loose, loose_ok = None, False
     if idx.name != FLAT:
         for candidate in (paths.marked_tar, paths.plain_tar):
@@ -57,7 +57,7 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
                 break
     state = row.state if row is not None and row.archive_sha256 == archive_sha else Journal.NONE
     intact = folder and state is not Journal.NONE and _intact(paths.folder, journal.file_sizes(comp.name, idx.name))
-    return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder, partial=partial,
+    return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder,
                      journal=state, intact=intact)
 
 

@@ -27,9 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from datasetd import __version__
+from datasetd import __version__, logs
 from datasetd.config.manifest import Manifest
 from datasetd.state.durable import write_text_fast
 
@@ -151,7 +149,7 @@ class StatusBoard:
             except OSError as e:
                 # Status is a view, not state: a full disk must not stop the work it reports.
                 if not self._write_failed:
-                    structlog.get_logger("datasetd").warning("status.unwritable", path=str(self.path),
+                    logs.get().warning("status.unwritable", path=str(self.path),
                                                              error=e.strerror)
                 self._write_failed = True
             else:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import structlog
 
+from datasetd import logs
 from datasetd.archive.digest import hash_file, mismatch
 from datasetd.config.manifest import Component, HttpAuth, HttpSource, Manifest
 from datasetd.errors import DigestMismatch, TemporaryError
@@ -45,7 +45,7 @@ from datasetd.sources.http.util import (
 )
 from datasetd.state.durable import fsync_dir
 
-log = structlog.get_logger("datasetd")
+log = logs.get()
 
 MIN_SEGMENT = 256 * 1024  # below this, another connection costs more than it brings
 PROGRESS_EVERY = 0.25

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import structlog
 
+from datasetd import logs
 from datasetd.errors import PermanentError
 from datasetd.sources.http.part import PartFile, PartState, Segment
 from datasetd.sources.http.util import (
@@ -29,7 +29,7 @@ from datasetd.sources.http.util import (
     status_error,
 )
 
-log = structlog.get_logger("datasetd")
+log = logs.get()
 
 
 @dataclass

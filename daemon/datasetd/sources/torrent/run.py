@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
+from datasetd import logs
 from datasetd.archive.digest import hash_file, mismatch
 from datasetd.config.manifest import Component, TorrentSettings, TorrentSource
 from datasetd.errors import DigestMismatch, PermanentError, TemporaryError
@@ -27,7 +26,7 @@ from datasetd.sources.torrent.lab import FanOut, lab_for, static_peers
 from datasetd.sources.torrent.session import Lease, Session
 from datasetd.sources.torrent.types import AddRequest, Event, FileInfo, Status
 
-log = structlog.get_logger("datasetd")
+log = logs.get()
 DISK_RETRY_FREE = 64 * 1024 * 1024  # free bytes that make a paused, disk-full torrent worth resuming
 
 

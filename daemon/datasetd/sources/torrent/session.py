@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import libtorrent as _libtorrent
-import structlog
 
+from datasetd import logs
 from datasetd.config.manifest import TorrentSettings
 from datasetd.sources.torrent.lab import lab_for
 from datasetd.sources.torrent.types import (
@@ -35,7 +35,7 @@ from datasetd.sources.torrent.types import (
 from datasetd.state.durable import save_file
 
 lt: Any = _libtorrent
-log = structlog.get_logger("datasetd")
+log = logs.get()
 
 _ALERT_MASK = (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
                | lt.alert_category.tracker | lt.alert_category.performance_warning)
