@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd.config.manifest import Component
+from datasetd.core.model import CHUNK
 from datasetd.errors import DigestMismatch, PermanentError, TemporaryError
-
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)

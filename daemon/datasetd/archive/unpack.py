@@ -26,14 +26,12 @@ from isal import igzip, isal_zlib
 
 from datasetd.archive.digest import hash_file
 from datasetd.archive.tarsafe import CLASS_TAR_RE, HashingReader, Readable, TailCheck, check_member, open_stream
-from datasetd.core.model import FLAT, Origin, UnitIndex
+from datasetd.core.model import CHUNK, FLAT, FileRecord, Origin, UnitIndex
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError
 from datasetd.state.fswalk import list_files
 
-CHUNK = 1 << 20
 # isal's stubs declare `error` as an instance; it is the exception class bad deflate data raises.
 ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
-FileRecord = tuple[str, int, str]  # relative name, size, sha256
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -11,10 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from datasetd.core.model import CHUNK, FileRecord
 from datasetd.state.fswalk import list_files
-
-CHUNK = 1 << 20
-FileRecord = tuple[str, int, str]
 
 
 def verify_folder(folder: Path, records: list[FileRecord]) -> list[str]:

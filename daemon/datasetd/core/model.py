@@ -15,6 +15,8 @@ from typing import ClassVar, Literal
 from datasetd.config.manifest import Component
 
 FLAT = "."  # unit name of a flat tar: the unit is `into` itself
+CHUNK = 1 << 20  # bytes per read wherever datasetd reads a file through (hashing, copying)
+FileRecord = tuple[str, int, str]  # one extracted file: name relative to its unit, size, sha256
 
 
 class Journal(StrEnum):

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd import logs
-from datasetd.core.model import Journal, UnitIndex
+from datasetd.core.model import FileRecord, Journal, UnitIndex
 from datasetd.errors import PermanentError
-
-FileRecord = tuple[str, int, str]
 
 _SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS archive (
