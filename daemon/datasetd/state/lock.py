@@ -25,6 +25,7 @@ import fcntl
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +34,24 @@ from datasetd.errors import UsageError
 
 LOCK_NAME = "lock"
 _MAX_COMMAND = 200
+
+
+LOCK_GRACE = 2.0  # seconds
+
+
+def _flock_with_grace(fd: int) -> None:
+    """Take the lock, waiting up to LOCK_GRACE for a holder that is going away: after a SIGKILL the
+    coordinator's forked workers keep the lock until PDEATHSIG has reached them, which on a busy
+    machine can take longer than a user's immediate re-run. A live holder still refuses us."""
+    deadline = time.monotonic() + LOCK_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def lock_path(root: Path) -> Path:
@@ -107,7 +126,7 @@ class RootLock:
             return
         fd = self._open()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_with_grace(fd)
         except BlockingIOError:
             os.close(fd)
             raise UsageError(
