@@ -406,3 +406,31 @@ def test_a_refusing_url_fails_over_to_the_mirror(server: FaultServer, tmp_path: 
     assert_done(got, comp)
     assert len(server.requests("/gone.tar")) == 1
     assert "404" in events(logs, "download.failed_over")[0]["reason"]
+
+
+def test_prefix_hasher_takes_chunks_in_order_and_reads_back_the_rest(tmp_path: Path) -> None:
+    from datasetd.errors import Restart
+    from datasetd.sources.http.prefixhash import PrefixHasher
+
+    part = tmp_path / "f.part"
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    done = [0, 0]  # two segments of 1 MB: bytes written and counted in each
+    stop = threading.Event()
+    hasher = PrefixHasher(fd, md5=True)
+    try:
+        hasher.follow(lambda: done[0] + (done[1] if done[0] == MB else 0))
+        for seg in (1, 0):  # the second segment arrives first: it can only be read back
+            for off in range(seg * MB, (seg + 1) * MB, 100_000):
+                chunk = DATA[off:min(off + 100_000, (seg + 1) * MB)]
+                os.pwrite(fd, chunk, off)
+                hasher.feed(off, chunk)
+                done[seg] += len(chunk)
+        sha, md5 = hasher.digests(len(DATA), stop)
+        assert (sha, md5) == (SHA, hashlib.md5(DATA, usedforsecurity=False).hexdigest())
+        os.ftruncate(fd, MB // 2)  # someone cuts the part: the prefix it claims is no longer there
+        hasher.follow(lambda: len(DATA))
+        with pytest.raises(Restart, match="truncated"):
+            hasher.digests(len(DATA), stop)
+    finally:
+        hasher.close()
+        os.close(fd)

@@ -10,7 +10,13 @@
     │   ├── NoSpace          the filesystem cannot hold what the plan needs
     │   ├── BadDevkit        a devkit or label file that does not parse (names file and line)
     │   └── ExpectationFailed  counts on disk differ from the manifest's `expect`
-    └── TemporaryError       may succeed later; carries the delay before the next try
+    ├── TemporaryError       may succeed later; carries the delay before the next try
+    └── TransferError        one HTTP attempt's outcome, handled inside the HTTP source (never leaves it)
+        ├── Retryable        another attempt (maybe at a mirror) may succeed
+        ├── Restart          the bytes held cannot be continued: start from zero
+        ├── Refused          the server refused for good (401, 404...): next mirror, or the PermanentError
+        ├── Aborted          the supervisor cut the connection (stop, stall, a sibling failed)
+        └── SizeConflict     the server announced another length than the pinned size
 
 The executor is the only place that decides between retrying and failing.
 Every message is one line that names the file, key or member and what to do.
@@ -159,6 +165,43 @@ def classify(exc: BaseException, component: str, step: str) -> DatasetdError:
         return PermanentError(f"components.{component}: a worker process died ({exc}); "
                               "check memory limits and the kernel log")
     return PermanentError(f"components.{component}: internal error in {step}: {exc!r}")
+
+
+class TransferError(DatasetdError):
+    """What one HTTP attempt ended with; sources.http.fetcher decides what comes next."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retryable(TransferError):
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay  # from Retry-After, seconds; None: use backoff
+
+
+class Restart(TransferError):
+    def __init__(self, reason: str, single: bool = False) -> None:
+        super().__init__(reason)
+        self.single = single  # the server ignores Range: do not try segments again
+
+
+class Refused(TransferError):
+    def __init__(self, error: PermanentError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Aborted(TransferError):
+    pass
+
+
+class SizeConflict(TransferError):
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"size {actual}, expected {expected}")
+        self.expected = expected
+        self.actual = actual
 
 
 def _shown(name: str, limit: int = 200) -> str:

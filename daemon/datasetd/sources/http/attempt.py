@@ -1,6 +1,6 @@
-"""One attempt: a connection per unfinished segment, watched by the calling thread.
+"""One attempt: up to `connections` workers taking the unfinished segments in order, watched by the caller.
 
-The workers only write bytes and count them. The supervisor (the caller's
+The workers only write bytes, hand them to the hasher and count them. The supervisor (the caller's
 thread) owns everything else: the stop event, the stall check, progress and
 the periodic sidecar persist. One failed connection ends the attempt: the
 others are cut, their progress persisted, and the caller decides what next.
@@ -13,10 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from datasetd.errors import TemporaryError
-from datasetd.sources.http.part import Segment
+from datasetd.errors import Aborted, Restart, Retryable, TemporaryError
 from datasetd.sources.http.stream import Conn, Job, run_segment
-from datasetd.sources.http.util import Aborted, Restart, Retryable
 
 TICK = 0.05  # how often the supervisor looks: bounds stop and stall latency
 PERSIST_EVERY = 1.0  # seconds between sidecar updates (each costs an fsync of the part)
@@ -29,24 +27,28 @@ T = TypeVar("T")
 
 def run_attempt(job: Job, stop: threading.Event, stall_timeout: float, report: Report) -> None:
     """Return when every segment is complete; raise what the worst connection failure means."""
-    work = [(seg, Conn()) for seg in job.state.segments if not seg.complete]
+    conns = [Conn() for _ in range(min(job.connections, len(job.waiting)))]
     failures: list[BaseException] = []
 
-    def worker(seg: Segment, conn: Conn) -> None:
+    def worker(conn: Conn) -> None:
         try:
-            run_segment(job, seg, conn)
+            while conn.reason is None and not failures and (seg := job.next_segment()) is not None:
+                conn.last_byte = time.monotonic()  # a new request: its stall clock starts now
+                run_segment(job, seg, conn)
         except BaseException as e:  # noqa: BLE001 (handed to the supervisor, which raises the worst)
             with job.lock:
                 failures.append(e)
+        finally:
+            conn.finished = True
 
-    threads = [threading.Thread(target=worker, args=(s, c), name=f"http-seg-{s.start}", daemon=True)
-               for s, c in work]
+    threads = [threading.Thread(target=worker, args=(c,), name=f"http-conn-{i}", daemon=True)
+               for i, c in enumerate(conns)]
     for t in threads:
         t.start()
     try:
-        _supervise(job, threads, [c for _, c in work], failures, stop, stall_timeout, report)
+        _supervise(job, threads, conns, failures, stop, stall_timeout, report)
     finally:
-        for _, conn in work:
+        for conn in conns:
             if not conn.finished:
                 conn.abort(CANCELLED)
         for t in threads:

@@ -2,12 +2,13 @@
 
 Bytes land in `<file>.part`; `<file>.part.json` says which of them are
 durable and which server validators (ETag / Last-Modified) they belong to
-(see _http_part). A download resumes with Range + If-Range; a changed
+(see part.py). A download resumes with Range + If-Range; a changed
 validator or a 200 to a Range request starts over from zero. Large files
-come in parallel segments into one preallocated part file. Only after the
-size and every pinned digest match does the part become `file` (atomic
-rename). Retries, mirror failover and backoff live here (_Download); one
-attempt's connections in _http_attempt; one connection in _http_stream.
+come in parallel segments into one preallocated part file, while one thread
+hashes the written prefix (prefixhash.py): no pass over the file afterwards.
+Only after the size and every pinned digest match does the part become
+`file` (atomic rename). Retries, mirror failover and backoff live here
+(_Download); one attempt's connections in attempt.py; one connection in stream.py.
 """
 
 from __future__ import annotations
@@ -25,22 +26,20 @@ import httpx
 from datasetd import logs
 from datasetd.archive.digest import hash_file, mismatch
 from datasetd.config.manifest import Component, HttpAuth, HttpSource, Manifest
-from datasetd.errors import DigestMismatch, TemporaryError
+from datasetd.errors import DigestMismatch, Refused, Restart, Retryable, SizeConflict, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, ProgressFn
 from datasetd.sources.http.attempt import STOPPED, call_cuttable, run_attempt
 from datasetd.sources.http.part import PartFile, PartState, Segment, disk_error, split
-from datasetd.sources.http.stream import Conn, Job, StreamHash
+from datasetd.sources.http.prefixhash import PrefixHasher
+from datasetd.sources.http.stream import Conn, Job
 from datasetd.sources.http.util import (
-    Refused,
-    Restart,
-    Retryable,
     Scrubber,
-    SizeConflict,
     backoff,
     credentials,
     redact_url,
     status_error,
     strong_etag,
+    transport_error,
     url_secrets,
 )
 from datasetd.state.durable import fsync_dir
@@ -150,7 +149,6 @@ class _Download:
         self.high = 0  # most bytes ever held: failures count only while this does not grow
         self.mismatched = False
         self.single_only = pins.max_bytes is not None
-        self.hash: StreamHash | None = None
         self.meter = _Meter(progress)
         self.log = log.bind(component=name, file=self.what)
         # The supervisor cuts a connection after stall_timeout without bytes; httpx's own
@@ -172,13 +170,22 @@ class _Download:
             self.client.close()
             raise
         try:
+            self.hasher = PrefixHasher(part.fd, md5=self.pins.md5 is not None)
+        except BaseException:
+            part.close()
+            self.client.close()
+            raise
+        try:
             with self.client:
                 return self._loop(part)
         finally:
+            self.hasher.close()
             part.close()
 
     def _loop(self, part: PartFile) -> Fetched:
         state = self._resumable(part)
+        if state is not None:
+            self.hasher.follow(state.prefix)  # hashes what the part holds while the rest arrives
         while True:
             if self.stop.is_set():
                 raise TemporaryError(STOPPED, 0)
@@ -232,7 +239,7 @@ class _Download:
         segs = split(size, src.connections, MIN_SEGMENT) if segmented and size else [Segment(0, size)]
         state = PartState(url=self.url_r, etag=etag, last_modified=modified, size=size, segments=segs)
         part.reset(state)
-        self.hash = None if state.segmented else StreamHash.new(md5=self.pins.md5 is not None)
+        self.hasher.follow(state.prefix)
         self.log.info("download.started", url=self.url_r, size=size, connections=len(segs))
         return state
 
@@ -245,8 +252,7 @@ class _Download:
                 return self.client.head(url, headers={**self.creds.headers, "Accept-Encoding": "identity"},
                                         extensions={"trace": conn.trace})
             except httpx.HTTPError as e:
-                why = conn.reason or f"{type(e).__name__}: {self.scrub(str(e))}"
-                raise Retryable(f"HEAD {self.url_r}: {why}") from None
+                raise transport_error(e, "HEAD", self.url_r, self.scrub, conn.reason) from None
 
         resp = call_cuttable(head, self.stop, self.src.stall_timeout)
         err = status_error(resp.status_code, resp.reason_phrase, "HEAD", self.url_r, self.what,
@@ -273,27 +279,20 @@ class _Download:
         job = Job(client=self.client, url=self.urls[self.idx], url_r=self.url_r,
                   headers=dict(self.creds.headers), part=part, state=state, what=self.what,
                   cred_hint=self.creds.hint, scrub=self.scrub, if_range=if_range, compare=same,
-                  pinned_size=self.pins.size, max_bytes=self.pins.max_bytes, stream_hash=self.hash,
-                  md5=self.pins.md5 is not None, logger=self.log)
+                  pinned_size=self.pins.size, max_bytes=self.pins.max_bytes, hasher=self.hasher,
+                  connections=self.src.connections, logger=self.log)
 
         def report(connections: int) -> None:
             self.meter.report(state.done, state.size, self.url_r, connections)
 
-        try:
-            run_attempt(job, self.stop, self.src.stall_timeout, report)
-        finally:
-            self.hash = job.hash
+        run_attempt(job, self.stop, self.src.stall_timeout, report)
 
     def _finish(self, part: PartFile, state: PartState) -> Fetched:
         size = state.done
         if self.pins.size is not None and size != self.pins.size:
             self._mismatch(part, "size", str(self.pins.size), str(size))
             raise Restart("size mismatch")
-        h = self.hash
-        if h is not None and h.offset == size and (h.md5 is not None or self.pins.md5 is None):
-            sha, md5 = h.sha.hexdigest(), None if h.md5 is None else h.md5.hexdigest()
-        else:
-            sha, md5 = part.hash(size, self.pins.md5 is not None, self.stop)
+        sha, md5 = self.hasher.digests(size, self.stop)
         for algo, expected, actual in (("sha256", self.pins.sha256, sha), ("md5", self.pins.md5, md5)):
             if expected and expected.lower() != actual:
                 self._mismatch(part, algo, expected.lower(), str(actual))
@@ -317,7 +316,6 @@ class _Download:
         """Discard the bytes; the first time start over (at the next mirror), the second time give up."""
         self.log.warning("download.digest_mismatch", url=self.url_r, algo=algo, expected=expected, actual=actual)
         part.discard()
-        self.hash = None
         if self.mismatched:
             raise DigestMismatch(self.what, algo, expected, actual,
                                  f"downloaded twice, last from {self.url_r}; check the URL and the manifest")

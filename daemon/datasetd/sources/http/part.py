@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import threading
@@ -20,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasetd import platform
 from datasetd.errors import NoSpace, PermanentError, TemporaryError
-from datasetd.sources.http.util import Restart
 from datasetd.state.durable import write_text_atomic
 
 SIDECAR_VERSION = 1
-_READ_CHUNK = 1 << 20
+MAX_SEGMENT = 16 << 20  # segments beyond this are split further: the hashed prefix then trails by little
 
 
 def part_path(file: Path) -> Path:
@@ -67,6 +64,15 @@ class PartState:
     @property
     def complete(self) -> bool:
         return bool(self.segments) and all(s.complete for s in self.segments)
+
+    def prefix(self) -> int:
+        """Bytes [0, n) written and counted without a gap: what the hasher may take."""
+        n = 0
+        for s in self.segments:
+            n += s.done
+            if not s.complete:
+                break
+        return n
 
     @property
     def segmented(self) -> bool:
@@ -111,8 +117,9 @@ def _consistent(state: PartState) -> bool:
 
 
 def split(size: int, connections: int, min_segment: int) -> list[Segment]:
+    """One segment per connection, each cut further to at most MAX_SEGMENT; none below min_segment."""
     n = max(1, min(connections, size // max(1, min_segment)))
-    step = -(-size // n)
+    step = min(-(-size // n), max(MAX_SEGMENT, min_segment))
     return [Segment(i, min(size, i + step)) for i in range(0, size, step)] or [Segment(0, 0)]
 
 
@@ -203,24 +210,6 @@ class PartFile:
                 raise disk_error(self.part, e, len(view)) from e
             view = view[n:]
             offset += n
-
-    def hash(self, size: int, md5: bool, stop: threading.Event) -> tuple[str, str | None]:
-        """One sequential pass over the part: sha256 (and md5) when they were not streamed in order."""
-        sha = hashlib.sha256()
-        m5 = hashlib.md5(usedforsecurity=False) if md5 else None
-        platform.sequential_hint(self.fd, 0, size)
-        pos = 0
-        while pos < size:
-            if stop.is_set():
-                raise TemporaryError("stopped", 0)
-            chunk = os.pread(self.fd, min(_READ_CHUNK, size - pos), pos)
-            if not chunk:
-                raise Restart(f"{self.part} ends at {pos} bytes, expected {size} (truncated by someone)")
-            sha.update(chunk)
-            if m5 is not None:
-                m5.update(chunk)
-            pos += len(chunk)
-        return sha.hexdigest(), None if m5 is None else m5.hexdigest()
 
     def discard(self) -> None:
         """Drop claims first, then bytes (a crash in between leaves bytes nobody claims)."""

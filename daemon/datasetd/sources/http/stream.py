@@ -7,48 +7,20 @@ restarts the file from zero. Anything else is an interruption, never data.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from datasetd import logs
-from datasetd.errors import PermanentError
+from datasetd.errors import Aborted, PermanentError, Restart, Retryable, SizeConflict
 from datasetd.sources.http.part import PartFile, PartState, Segment
-from datasetd.sources.http.util import (
-    Aborted,
-    Restart,
-    Retryable,
-    Scrubber,
-    SizeConflict,
-    parse_content_range,
-    status_error,
-)
+from datasetd.sources.http.prefixhash import PrefixHasher
+from datasetd.sources.http.util import Scrubber, parse_content_range, status_error, transport_error
 
 log = logs.get()
-
-
-@dataclass
-class StreamHash:
-    """Digests of the part's bytes [0, offset), kept while they are written in order."""
-
-    offset: int = 0
-    sha: Any = field(default_factory=hashlib.sha256)
-    md5: Any = None
-
-    @classmethod
-    def new(cls, md5: bool) -> StreamHash:
-        return cls(md5=hashlib.md5(usedforsecurity=False) if md5 else None)
-
-    def update(self, chunk: bytes) -> None:
-        self.sha.update(chunk)
-        if self.md5 is not None:
-            self.md5.update(chunk)
-        self.offset += len(chunk)
 
 
 class Conn:
@@ -73,6 +45,8 @@ class Conn:
         if not isinstance(sock, socket.socket):
             return
         with self._lock:
+            # One Conn serves its worker's requests one after another: forget the closed sockets.
+            self._socks = [s for s in self._socks if s.fileno() != -1]
             self._socks.append(sock)
             if self.reason is not None:
                 _shutdown(sock)
@@ -100,16 +74,23 @@ class Job:
     def __init__(self, *, client: httpx.Client, url: str, url_r: str, headers: dict[str, str],
                  part: PartFile, state: PartState, what: str, cred_hint: str, scrub: Scrubber,
                  if_range: str | None, compare: bool, pinned_size: int | None,
-                 max_bytes: int | None, stream_hash: StreamHash | None, md5: bool,
+                 max_bytes: int | None, hasher: PrefixHasher, connections: int = 1,
                  logger: Any = None) -> None:
         self.client, self.url, self.url_r, self.headers = client, url, url_r, headers
         self.part, self.state, self.what, self.cred_hint, self.scrub = part, state, what, cred_hint, scrub
         self.if_range, self.compare = if_range, compare
         self.pinned_size, self.max_bytes = pinned_size, max_bytes
-        self.hash = None if state.segmented else stream_hash
-        self.md5 = md5  # stream md5 too: the manifest pins it
-        self.lock = threading.Lock()  # guards state's counters and validators
+        self.hasher = hasher
+        self.connections = max(1, connections)
+        self.lock = threading.Lock()  # guards state's counters and validators, and the queue below
+        # Unfinished segments, lowest first: each connection takes the next when its own is done,
+        # so the written prefix (what the hasher can take) grows behind all of them together.
+        self.waiting = [seg for seg in state.segments if not seg.complete]
         self.log = logger if logger is not None else log
+
+    def next_segment(self) -> Segment | None:
+        with self.lock:
+            return self.waiting.pop(0) if self.waiting else None
 
     def persist(self) -> None:
         def snapshot() -> str:
@@ -125,7 +106,7 @@ class Job:
                 self.state.size = self.pinned_size if length is None else length
                 seg.end, seg.done = self.state.size, 0
             self.part.reset_locked(self.state)
-        self.hash = StreamHash.new(self.md5)
+        self.hasher.follow(self.state.prefix)
         self.log.info("download.restarted", url=self.url_r, reason=reason)
 
 
@@ -155,13 +136,7 @@ def run_segment(job: Job, seg: Segment, conn: Conn) -> None:
     try:
         _stream(job, seg, conn)
     except httpx.HTTPError as e:
-        if conn.reason is not None:
-            raise Aborted(conn.reason) from None
-        if isinstance(e, httpx.ReadTimeout):
-            raise Retryable(f"GET {job.url_r} stalled: {type(e).__name__}") from None
-        raise Retryable(f"GET {job.url_r}: {type(e).__name__}: {job.scrub(str(e))}") from None
-    finally:
-        conn.finished = True
+        raise transport_error(e, "GET", job.url_r, job.scrub, conn.reason) from None
     if conn.reason is not None:
         raise Aborted(conn.reason)
 
@@ -205,8 +180,6 @@ def _accept_full(job: Job, seg: Segment, resp: httpx.Response, ranged: bool) -> 
         _take_validators(job, resp)
         if length is not None:
             job.state.size = seg.end = length
-    if job.hash is None or job.hash.offset != 0:
-        job.hash = StreamHash.new(job.md5)
 
 
 def _accept_partial(job: Job, seg: Segment, resp: httpx.Response, ranged: bool) -> None:
@@ -245,9 +218,7 @@ def _copy(job: Job, seg: Segment, resp: httpx.Response, conn: Conn) -> None:
         if job.max_bytes is not None and end > job.max_bytes:
             raise PermanentError(f"{job.what}: {job.url_r} sent more than {job.max_bytes} bytes; check the URL")
         job.part.write_at(chunk, seg.offset)
-        h = job.hash
-        if h is not None and h.offset == seg.offset:
-            h.update(chunk)
+        job.hasher.feed(seg.offset, chunk)  # before it is counted: the prefix never runs ahead of it
         with job.lock:
             seg.done += len(chunk)
         conn.last_byte = time.monotonic()

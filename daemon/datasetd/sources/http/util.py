@@ -1,4 +1,9 @@
-"""Small pure helpers of the HTTP source: secrets, URLs, status codes, header parsing, backoff."""
+"""Small pure helpers of the HTTP source: secrets, URLs, status codes, errors, header parsing, backoff.
+
+The attempt outcomes (Retryable, Restart, Refused, Aborted, SizeConflict) live in
+datasetd.errors with every other error; `transport_error` is the one table that maps
+httpx's exceptions onto them.
+"""
 
 from __future__ import annotations
 
@@ -11,54 +16,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
+import httpx
+
 from datasetd.config.manifest import HttpAuth
-from datasetd.errors import PermanentError
+from datasetd.errors import Aborted, PermanentError, Refused, Retryable, TransferError
 
 MASK = "***"
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
-class Retryable(Exception):
-    """One attempt failed in a way another attempt (maybe at a mirror) may not."""
-
-    def __init__(self, reason: str, delay: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay  # from Retry-After, seconds; None: use backoff
-
-
-class Restart(Exception):
-    """The bytes on disk cannot be continued (validator changed, ranges ignored): start from zero."""
-
-    def __init__(self, reason: str, single: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.single = single  # the server ignores Range: do not try segments again
+# httpx's exception tree onto ours: what a failed request means for the next attempt (first match wins).
+_TRANSPORT_ERRORS: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.TimeoutException, "stalled"),
+    (httpx.ConnectError, "cannot connect"),
+    (httpx.RemoteProtocolError, "broke off the response"),
+    (httpx.HTTPError, "failed"),
+)
 
 
-class Refused(Exception):
-    """The server refused in a way a retry cannot fix (401, 403, 404...): try the next mirror, if any."""
-
-    def __init__(self, error: PermanentError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-class Aborted(Exception):
-    """The supervisor cut this connection (stop, stall, or another segment failed)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class SizeConflict(Exception):
-    """The server announced a total length other than the manifest's pinned size."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"size {actual}, expected {expected}")
-        self.expected = expected
-        self.actual = actual
+def transport_error(e: httpx.HTTPError, method: str, url_r: str, scrub: Scrubber, cut: str | None) -> TransferError:
+    """The attempt outcome for an httpx error; `cut` is the supervisor's reason when it cut the socket."""
+    if cut is not None:
+        return Aborted(cut)
+    said = next(text for kind, text in _TRANSPORT_ERRORS if isinstance(e, kind))
+    return Retryable(f"{method} {url_r} {said}: {type(e).__name__}: {scrub(str(e))}".rstrip(": "))
 
 
 def redact_url(url: str) -> str:
