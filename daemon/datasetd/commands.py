@@ -23,6 +23,7 @@ from datasetd.core.summary import summarize
 from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
+from datasetd.service.hooks import Hooks, last_phases
 from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
 from datasetd.state import status as status_mod
@@ -133,7 +134,9 @@ def _h(n: int) -> str:
 def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Source] | None = None) -> int:
     stop = threading.Event()
     with RootLock(manifest.root), _ctrl_c_stops(stop):
+        hooks = Hooks(manifest, last_phases(manifest))
         outcome = run_apply(manifest, workers=workers, sources=sources, stop=stop)
+        hooks.run(outcome)
     if outcome.stopped:
         print("datasetd: interrupted; run apply again to resume where it stopped", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -7,8 +7,10 @@ readable console lines when it is.
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -35,6 +37,10 @@ EVENTS: dict[str, str] = {
     "tree.verified": "a flat tar's directory was re-read, matched, and flushed to disk",
     "journal.rebuilt": "the journal was damaged (not a database, cut short, failing quick_check): "
                        "moved aside and rebuilt by re-proving the tree against its archives",
+    "hook.finished": "an on_ready/on_error hook exited 0 (hook, component, phase)",
+    "hook.failed": "a hook could not start, exited non-zero (stderr tail) or was killed at hook_timeout; "
+                   "the component is not affected",
+    "web.started": "the read-only status page listens (address, url)",
     "status.unwritable": "status.json could not be written (full disk?); work goes on, status resumes later",
     "step.failed": "an action failed permanently; the message says what to do",
     "step.retrying": "an action failed temporarily and will be retried after a delay",
@@ -100,6 +106,24 @@ class _Stderr:
         sys.stderr.flush()
 
 
+_RECENT: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+_RECENT_LOCK = threading.Lock()
+
+
+def _remember(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Keep the last events in memory for the web status page (service/web.py): a copy, so
+    the renderers after this processor cannot change what is kept."""
+    with _RECENT_LOCK:
+        _RECENT.append({k: v for k, v in event.items() if isinstance(v, str | int | float | bool | None)})
+    return event
+
+
+def recent_events() -> list[dict[str, Any]]:
+    """The last events logged in this process, oldest first (each with event, level, timestamp)."""
+    with _RECENT_LOCK:
+        return list(_RECENT)
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     out: Any = stream or _Stderr()
     # httpx logs full request URLs at INFO; a signed query string must never reach a log.
@@ -110,6 +134,7 @@ def configure(*, json: bool | None = None, level: str = "info", stream: TextIO |
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _remember,
     ]
     if use_json:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]

@@ -101,6 +101,10 @@ class DaemonSettings:
     deep_verify_every: float = 7 * 86400.0
     stop_timeout: float = 30.0
     metrics: str | None = None
+    web: str | None = None  # HOST:PORT of the read-only status page (service/web.py)
+    on_ready: tuple[str, ...] = ()  # argv run (no shell) when a component becomes ready (service/hooks.py)
+    on_error: tuple[str, ...] = ()  # argv run when a component fails
+    hook_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -214,9 +218,22 @@ def _daemon(r: Reader) -> DaemonSettings:
         deep_verify_every=r.duration("deep_verify_every", d.deep_verify_every),
         stop_timeout=r.duration("stop_timeout", d.stop_timeout),
         metrics=r.string("metrics"),
+        web=r.string("web"),
+        on_ready=_hook(r, "on_ready"),
+        on_error=_hook(r, "on_error"),
+        hook_timeout=r.duration("hook_timeout", d.hook_timeout),
     )
-    r.done({"workers", "reconcile_every", "deep_verify_every", "stop_timeout", "metrics"})
+    r.done({"workers", "reconcile_every", "deep_verify_every", "stop_timeout", "metrics", "web",
+            "on_ready", "on_error", "hook_timeout"})
     return out
+
+
+def _hook(r: Reader, key: str) -> tuple[str, ...]:
+    argv = r.strings(key)
+    if argv and not Path(argv[0]).is_absolute():
+        raise ManifestError(r.file, r.key(key), f"{argv[0]!r} is not an absolute path",
+                            'hooks run without a shell or PATH: e.g. ["/usr/local/bin/notify", "--done"]')
+    return argv
 
 
 def _torrent(r: Reader) -> TorrentSettings:

@@ -27,11 +27,13 @@ from pathlib import Path
 
 from datasetd import logs
 from datasetd.config.manifest import Manifest, load
+from datasetd.engine.executor import Outcome
 from datasetd.errors import DatasetdError, ManifestError
 from datasetd.service import systemd
+from datasetd.service.hooks import Hooks, last_phases
 from datasetd.service.jobs import Job, deep_verify, last_deep_verify, reconcile
 from datasetd.service.triggers import EDIT, RECONCILE, RELOAD, STOP, VERIFY, ManifestWatcher, Schedule, signal_handlers
-from datasetd.service.wiring import serve_metrics, status_line
+from datasetd.service.wiring import serve_metrics, serve_web, status_line
 from datasetd.sources.base import Source
 from datasetd.sources.registry import add_sources, close_sources
 from datasetd.state.lock import RootLock
@@ -58,6 +60,7 @@ class Daemon:
         self.stop = stop
         self.log = logs.get()
         self.inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.hooks = Hooks(manifest, last_phases(manifest))  # read before the board rewrites status.json
         self.board = StatusBoard(manifest)
         self.sources: dict[str, Source] = {}
         self.job: Job | None = None
@@ -87,6 +90,7 @@ class Daemon:
                     self._stop_job()
             self.board.state = "stopped"
             self.board.write(force=True)
+            self.hooks.join(timeout=self.manifest.daemon.hook_timeout)
             self.log.info("daemon.stopped")
         return 0
 
@@ -94,6 +98,9 @@ class Daemon:
         if self.manifest.daemon.metrics is not None:
             server = serve_metrics(self.path, self.manifest.daemon.metrics, self.board)
             services.callback(server.close)
+        if self.manifest.daemon.web is not None:
+            web = serve_web(self.path, self.manifest.daemon.web, self.board, self.manifest.daemon.metrics is not None)
+            services.callback(web.close)
         watcher = ManifestWatcher({self.path, self.manifest.path}, self.inbox.put)
         watcher.start()
         services.callback(watcher.stop)
@@ -234,6 +241,9 @@ class Daemon:
             self.board.extra["pass_error"] = message
             self.board.write(force=True)
         ran = job.executor.manifest if job.executor is not None else job.manifest
+        if isinstance(job.result, Outcome):
+            self.hooks.manifest = ran
+            self.hooks.run_in_background(job.result)
         if ran is not self.manifest:
             # The edit came after the pass last looked for one: the next pass applies it.
             self.want_pass = True

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import start_http_server
+from prometheus_client import generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -102,6 +102,13 @@ def parse_address(text: str) -> tuple[str, int]:
         raise ValueError(text)
     host = host.removeprefix("[").removesuffix("]")
     return host or "0.0.0.0", int(port)  # noqa: S104 - ':PORT' asks for every interface
+
+
+def exposition(snapshot: Snapshot) -> Callable[[], bytes]:
+    """The same families as text, for the web page's /metrics (service/web.py)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(snapshot))
+    return lambda: bytes(generate_latest(registry))
 
 
 class MetricsServer:

@@ -8,7 +8,8 @@ from typing import Any
 
 from datasetd import logs
 from datasetd.errors import ManifestError, UsageError
-from datasetd.service.metrics import MetricsServer, parse_address
+from datasetd.service.metrics import MetricsServer, exposition, parse_address
+from datasetd.service.web import WebServer
 from datasetd.state.status import StatusBoard
 
 STATUS_MAX = 240
@@ -51,4 +52,21 @@ def serve_metrics(path: Path, address: str, board: StatusBoard) -> MetricsServer
                          "choose a free port") from None
     board.extra["metrics"] = server.address
     logs.get().info("metrics.started", address=server.address)
+    return server
+
+
+def serve_web(path: Path, address: str, board: StatusBoard, with_metrics: bool) -> WebServer:
+    """Start the status page and publish where it listens in status.json as "web"."""
+    try:
+        host, port = parse_address(address)
+    except ValueError:
+        raise ManifestError(str(path), "daemon.web", f"{address!r} is not HOST:PORT",
+                            'e.g. web = "127.0.0.1:9878"') from None
+    try:
+        server = WebServer(host, port, board.snapshot, exposition(board.snapshot) if with_metrics else None)
+    except OSError as exc:
+        raise UsageError(f"{path}: daemon.web: cannot listen on {address} ({exc.strerror}); "
+                         "choose a free port") from None
+    board.extra["web"] = server.address
+    logs.get().info("web.started", address=server.address, url=f"http://{server.address}/")
     return server

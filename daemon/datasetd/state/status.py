@@ -12,7 +12,8 @@ Schema 1:
   written by `datasetd run` only (StatusBoard.extra), each present only when it applies:
   "manifest_error": str   an edited manifest was rejected (key path, TOML line/column); the last good one runs,
   "pass_error": str       the last reconcile pass raised before finishing (e.g. no space),
-  "metrics": "HOST:PORT"  where the Prometheus endpoint listens
+  "metrics": "HOST:PORT"  where the Prometheus endpoint listens,
+  "web": "HOST:PORT"      where the status page listens
 }
 """
 
