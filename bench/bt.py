@@ -4,9 +4,9 @@ usage: bt.py make FILE DEST PIECE_BYTES
        bt.py seed TORRENT DATA_DIR LISTEN          (prints "ready" once seeding; stops at EOF on stdin)
        bt.py fetch TORRENT SAVE_DIR LISTEN PEER    (downloads, closes the session, syncs)
 
-Sessions use datasetd's own settings_pack on a loopback address with DHT,
-LSD, UPnP, NAT-PMP and uTP off, so the fetch baseline differs from datasetd
-only in what datasetd adds around libtorrent.
+The seeder uses datasetd's own settings_pack; the fetch baseline is a bare
+leecher with libtorrent's default settings. Both listen on a loopback address
+with DHT, LSD, UPnP, NAT-PMP and uTP off, so nothing leaves 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ def session(listen: str) -> Any:
     return lt.session(datasetd_pack(s))
 
 
+def default_session(listen: str) -> Any:
+    """libtorrent's defaults, but for the listen address and no discovery that could leave loopback."""
+    return lt.session({"listen_interfaces": listen, "enable_dht": False, "enable_lsd": False,
+                       "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
+                       "enable_incoming_utp": False})
+
+
 def make(file: Path, dest: Path, piece: int) -> None:
     ct = lt.create_torrent(lt.list_files(str(file)), piece, flags=lt.create_torrent.v1_only)
     lt.set_piece_hashes(ct, str(file.parent))
@@ -70,7 +77,7 @@ def seed(torrent: Path, data: Path, listen: str) -> None:
 
 
 def fetch(torrent: Path, save: Path, listen: str, peer: str) -> None:
-    ses = session(listen)
+    ses = default_session(listen)
     h = _add(ses, torrent, save, seed=False)
     ip, port = peer.rsplit(":", 1)
     h.connect_peer((ip, int(port)))

@@ -82,6 +82,9 @@ def table(rows: list[Row]) -> str:
         rss_s = f"{rss.get('datasetd', '-')}/{rss.get('baseline', '-')}"
         lines.append(f"{row['name'][:72]:<72} {_fmt_stats(row['datasetd']):>26} {_fmt_stats(row['baseline']):>26} "
                      f"{ratio:>6} {row['target']:>14} {_yes(row['met'])}  {rss_s}")
+        if "copies" in row:
+            lines.append(f"{'':<72}   the seeder sent {row['copies']:.2f} copies (median; each run: "
+                         f"{', '.join(f'{c:.2f}' for c in row['copies_each'])})")
         if "scratch_peak_bytes" in row:
             lines.append(f"{'':<72}   peak scratch: datasetd {row['scratch_peak_bytes'] / 1e6:.1f} MB "
                          f"(limit {row['scratch_limit_bytes'] / 1e6:.1f} MB), two-stage "

@@ -186,4 +186,4 @@ def _torrent_measure(ctx: Ctx, ds: DataSet, torrent: Path, peer: str) -> Row:
 
     runs = rotate(ctx, {"datasetd": datasetd, "bare": bare})
     return compare_row(TORRENT_NAME, runs["datasetd-torrent"], runs["bare-libtorrent"],
-                       "libtorrent session, same settings_pack; sync", 1.1)
+                       "bare libtorrent leecher, default settings; sync", 1.1)

@@ -22,6 +22,7 @@ from typing import Any
 import gen
 import measure
 import report
+import rows_lab
 import rows_net
 import rows_unpack
 
@@ -36,7 +37,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dir", type=Path, default=Path(env("DATASETD_BENCH_DIR", "/var/tmp/datasetd-bench")),
                    help="where data sets and work trees go (outside the repository)")
     p.add_argument("--reps", type=int, default=int(env("DATASETD_BENCH_REPS", "3")))
-    p.add_argument("--rows", default=env("DATASETD_BENCH_ROWS", "1,2,3,4,5,6"),
+    p.add_argument("--rows", default=env("DATASETD_BENCH_ROWS", "1,2,3,4,5,6,7"),
                    help="comma list of rows; 1 and 2 share their runs, 6 needs 1 and 5")
     p.add_argument("--classes", type=int, default=int(env("DATASETD_BENCH_CLASSES", "100")))
     p.add_argument("--files", type=int, default=int(env("DATASETD_BENCH_FILES", "100")), help="per class")
@@ -167,6 +168,8 @@ def _run_rows(ctx: rows_unpack.Ctx, wanted: set[str], large: gen.DataSet,
         rows += rows_net.http_rows(ctx, large)
     if "4" in wanted:
         rows += rows_net.torrent_rows(ctx, large)
+    if "7" in wanted:
+        rows += rows_lab.lab_rows(ctx)
     if small is not None and wanted & {"5", "6"}:
         got, small_runs = rows_unpack.small_files(ctx, small)
         rows += got if "5" in wanted else []

@@ -51,12 +51,13 @@ class TorrentFetcher:
 
     def __init__(self, settings: TorrentSettings, state_dir: Path, *,
                  fetch_url: Callable[[str, Path], Path] | None = None, health_interval: float = 5.0,
-                 resume_interval: float = 30.0, lab_wait: float = 60.0, slow_after: float = 120.0) -> None:
+                 resume_interval: float = 30.0, lab_wait: float = 60.0, lab_grace: float = 3.0,
+                 slow_after: float = 120.0) -> None:
         self.settings = settings
         self.dir = state_dir / "torrent"
         self.fetch_url = fetch_url
         self.tuning = Tuning(health_interval=health_interval, resume_interval=resume_interval,
-                             lab_wait=lab_wait, slow_after=slow_after)
+                             lab_wait=lab_wait, lab_grace=lab_grace, slow_after=slow_after)
         self._lock = threading.Lock()  # two fetches of one torrent must not write one .torrent at once
 
     def fetch(self, component: Component, progress: ProgressFn, stop: threading.Event) -> Fetched:

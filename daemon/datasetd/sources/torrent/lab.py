@@ -2,18 +2,26 @@
 
 Every node sorts the lab's addresses (its own listen IP plus the IPs of the
 static `peers`) and takes the rank of its own address; with the same manifest
-every node computes the same order, so no coordination is needed.
+every node computes the same order, so no coordination is needed. Pieces go
+in stripes of STRIPE, dealt round the members by rank.
 
-1. Own share: a node wants only its own stripes of pieces (1/N of them) and
-   fetches them from whoever has them, the outside swarm included.
-2. Lab: once its share is done it wants the pieces lab peers hold, and the
-   download from every peer outside the lab is throttled to a trickle.
-   Without that throttle libtorrent would queue requests for those pieces on
-   the (idle) connections to outside peers as readily as on the lab's.
-3. All: a node that is down or slow must not stall the rest. When the lab has
-   brought nothing new for `wait` seconds, or the lab phase has lasted as long
-   as the own share took (and at least `wait`), the node wants everything and
-   lifts the throttle. A stall does the same.
+- Own share: a node wants its own stripes at the top priority, from anyone
+  (the outside swarm included). A member that has not been connected for
+  `grace` seconds counts as down: its stripes are dealt round the live
+  members at once, so nobody waits for a machine that is off.
+- Lab pieces: from the start, every piece some lab peer holds is wanted at
+  the lowest priority. Outside peers are asked for own pieces first (priority
+  beats rarity in libtorrent's picker), the lab peers for what they hold: the
+  two overlap instead of running one after the other.
+- Once the own share is done, outside peers are blocked (the session's IP
+  filter) while lab peers send the rest; libtorrent has no per-peer piece
+  control, and without the block it would ask the idle outside connections
+  for the lab's pieces too. If the shares change (a member went down), the
+  block lifts until the new own pieces are in.
+- A lab that stops helping must not stall the rest: when it has brought
+  nothing new for `wait` seconds, or the lab phase has lasted as long as the
+  own share took (and at least `wait`), the node wants everything and lifts
+  the block. A stall does the same.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PRIORITY_OFF = 0
-PRIORITY_ON = 4
+PRIORITY_LAB = 1  # a lab peer holds it: below own pieces, so an outside peer is asked for those first
+PRIORITY_ON = 4  # everything open: libtorrent's default
+PRIORITY_OWN = 7  # this node's share: outside peers serve it before anything the lab also holds
 STRIPE = 4  # pieces per stripe: neighbours land on one node, so its writes stay sequential
 
 
@@ -114,23 +124,37 @@ def lab_for(listen_interfaces: str, peers: Sequence[str]) -> Lab | None:
 class FanOut:
     """Piece priorities for one file's pieces [first, last] on one lab node."""
 
-    def __init__(self, lab: Lab, first: int, last: int, *, wait: float, now: float) -> None:
+    def __init__(self, lab: Lab, first: int, last: int, *, wait: float, now: float, grace: float = 3.0) -> None:
         self.lab = lab
         self.first = first
         self.last = last
         self.wait = wait
+        self.grace = grace
         self.opened_all = False
+        self.live: frozenset[str] = frozenset(lab.members)  # presumed up until `grace` has passed
         self._start = now
         self._last_gain = now
+        self._seen: dict[str, float] = {}  # lab peer -> when it was last connected
         self._own_done_at: float | None = None
-        self._prio = {p: PRIORITY_ON if self.own(p) else PRIORITY_OFF for p in self.pieces()}
+        self._held: list[bool] = []
         self._lab_count = 0
+        self._prio: dict[int, int] = {}
+        self._deal()
 
     def pieces(self) -> range:
         return range(self.first, self.last + 1)
 
+    def owner(self, piece: int) -> str:
+        """The live member whose share `piece` is in: stripes of an absent member go round the live ones."""
+        stripe = (piece - self.first) // STRIPE
+        dealt = self.lab.members[stripe % self.lab.size]
+        if dealt in self.live:
+            return dealt
+        live = [m for m in self.lab.members if m in self.live]
+        return live[(stripe // self.lab.size) % len(live)]
+
     def own(self, piece: int) -> bool:
-        return ((piece - self.first) // STRIPE) % self.lab.size == self.lab.rank
+        return self.owner(piece) == self.lab.own
 
     def all_open(self) -> bool:
         return self.opened_all
@@ -145,23 +169,51 @@ class FanOut:
     def open_all(self) -> None:
         """Everything wanted, e.g. on a stall or when the lab stopped helping."""
         self.opened_all = True
-        self._prio = dict.fromkeys(self._prio, PRIORITY_ON)
+        self._prio = dict.fromkeys(self.pieces(), PRIORITY_ON)
 
-    def update(self, have: Sequence[bool], lab_have: Sequence[bool], now: float) -> None:
-        """Advance the phase given our pieces and the union of the lab peers' pieces."""
+    def update(self, have: Sequence[bool], lab_have: Sequence[bool], now: float,
+               connected: frozenset[str] | None = None) -> bool:
+        """Advance given our pieces, the union of the lab peers' pieces and the lab peers connected
+        now (None: not known); True when the live members, and so the shares, changed."""
         if self.opened_all:
-            return
-        held = [p for p in self.pieces() if p < len(lab_have) and lab_have[p]]
-        if len(held) > self._lab_count:
-            self._lab_count = len(held)
-            self._last_gain = now
+            return False
+        redealt = connected is not None and self._track(connected, now)
+        self._held = [p < len(lab_have) and lab_have[p] for p in range(self.last + 1)]
+        held = sum(self._held[p] for p in self.pieces())
+        if held > self._lab_count:
+            self._lab_count, self._last_gain = held, now
+        self._deal()
+        # Own pieces a lab peer already holds come from the lab like any other it holds.
+        mine = [p for p in self.pieces() if self.own(p) and not self._held[p]]
+        if not all(have[p] for p in mine):
+            self._own_done_at = None  # (again) pieces to fetch from outside: outsiders are needed
+            return redealt
         if self._own_done_at is None:
-            if not all(have[p] for p in self.pieces() if self.own(p)):
-                return
             self._own_done_at = now
-        for p in held:
-            self._prio[p] = PRIORITY_ON
-        own_took = self._own_done_at - self._start
-        idle = now - max(self._last_gain, self._own_done_at)
-        if idle >= self.wait or now - self._own_done_at >= max(self.wait, own_took):
+        since = max(self._last_gain, self._own_done_at)
+        if now - since >= self.wait or now - self._own_done_at >= max(self.wait, self._own_took()):
             self.open_all()
+        return redealt
+
+    def _own_took(self) -> float:
+        return (self._own_done_at or self._start) - self._start
+
+    def _track(self, connected: frozenset[str], now: float) -> bool:
+        for m in connected:
+            self._seen[m] = now
+        if now - self._start < self.grace:
+            return False
+        live = frozenset({self.lab.own} | {m for m, t in self._seen.items() if now - t < self.grace})
+        changed, self.live = live != self.live, live
+        return changed
+
+    def _deal(self) -> None:
+        """Own pieces first (outside peers serve them before anything else), then what the lab holds."""
+        held = self._held
+
+        def prio(p: int) -> int:
+            if p < len(held) and held[p]:
+                return PRIORITY_LAB
+            return PRIORITY_OWN if self.own(p) else PRIORITY_OFF
+
+        self._prio = {p: prio(p) for p in self.pieces()}

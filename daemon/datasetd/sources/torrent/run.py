@@ -35,6 +35,7 @@ class Tuning:
     health_interval: float = 5.0
     resume_interval: float = 30.0
     lab_wait: float = 60.0  # fan-out: how long to wait for lab peers once our own share is done
+    lab_grace: float = 3.0  # fan-out: a lab peer not connected this long is down; its share is dealt out
     slow_after: float = 120.0  # an empty DHT or a zero rate this long counts as a problem
     tick: float = 0.25
     report_every: float = 0.5
@@ -213,7 +214,8 @@ class Download:
         self.file = f
         self.lease.want_file(f.index, meta.num_files)
         if self.lab is not None:
-            self.fanout = FanOut(self.lab, f.first_piece, f.last_piece, wait=self.tuning.lab_wait, now=now)
+            self.fanout = FanOut(self.lab, f.first_piece, f.last_piece, wait=self.tuning.lab_wait, now=now,
+                                 grace=self.tuning.lab_grace)
             self._update_fanout(now)
             self.log.info("torrent.lab_ranked", rank=self.lab.rank, size=self.lab.size,
                           members=list(self.lab.members))
@@ -224,7 +226,10 @@ class Download:
         if fanout is None or lab is None or self.fanout_done:
             return
         was_lab = fanout.lab_phase()
-        fanout.update(self.lease.have(), self.lease.lab_pieces(lab.others), now)
+        connected = frozenset(self.lease.connected_ips() & lab.others)
+        if fanout.update(self.lease.have(), self.lease.lab_pieces(lab.others), now, connected):
+            self.log.info("torrent.lab_redealt", live=sorted(fanout.live),
+                          down=sorted(set(lab.members) - fanout.live), after=round(now - self.start, 1))
         # Hold outsiders before the lab's pieces open, so they are not the ones asked for them.
         self.lease.hold_outsiders(fanout.lab_phase())
         if fanout.lab_phase() and not was_lab:
