@@ -6,11 +6,20 @@ Leaf IDs are deliberately not in sorted-WNID order and ancestors are included
 
 from __future__ import annotations
 
+import hashlib
+import io
+import random
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import scipy.io
+
+from conftest import write_manifest
+from datasetd.demo import fake_jpeg, tar_bytes
 
 # ILSVRC ID order (1, 2, 3, ...) deliberately differs from sorted WNID order.
 LEAVES = ["n03126707", "n01440764", "n02012849", "n04592741", "n01443537"]
@@ -88,3 +97,79 @@ def solution_csv(path: Path, val_wnids: list[str]) -> Path:
         lines.append(f"ILSVRC2012_val_{i:08d},{w} 1 2 30 40 {w} 5 6 70 80")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+PER_CLASS = 3
+
+
+@dataclass
+class ValSet:
+    root: Path
+    manifest: Path
+    files: dict[str, bytes]  # val file name -> bytes (as in the val tar)
+    truth: dict[str, str]  # val file name -> WNID (the ground truth)
+
+    def run(self, *args: str) -> int:
+        from datasetd import cli
+
+        return cli.main(["--log-format", "json", *args, str(self.manifest)])
+
+    def expected_tree(self) -> dict[str, str]:
+        return {f"{self.truth[n]}/{n}": hashlib.sha256(b).hexdigest() for n, b in self.files.items()}
+
+
+def build_val_set(base: Path, year: int = 2012, labels: str = 'labels = { devkit = "devkit" }',
+                  extra: str = "", extra_files: int = 0, real_jpegs: bool = False) -> ValSet:
+    """base/root with a devkit tar (`year` layout) and a flat val tar in src/, base/m.toml arranging val."""
+    rng = random.Random(year)
+    wnids = [w for w in LEAVES for _ in range(PER_CLASS)]
+    rng.shuffle(wnids)
+    truth = {val_name(i): w for i, w in enumerate(wnids, start=1)}
+    names = [*truth, *(val_name(len(wnids) + i) for i in range(1, extra_files + 1))]
+    files = {n: jpeg(i) if real_jpegs else fake_jpeg(rng, rng.randint(200, 900)) for i, n in enumerate(names)}
+    order = list(files)
+    rng.shuffle(order)  # member order differs from name order, as in the real val tar
+    root = base / "root"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "val.tar").write_bytes(tar_bytes([(n, files[n]) for n in order]))
+    tar_dir(make_devkit(base / "kit", year, wnids), root / "src" / "devkit.tar")
+    solution_csv(root / "LOC_val_solution.csv", wnids)
+    m = write_manifest(base / "m.toml", root, f"""
+[components.devkit]
+source = "file"
+path = "src/devkit.tar"
+unpack = "tar"
+into = "devkit"
+
+[components.val]
+source = "file"
+path = "src/val.tar"
+unpack = "tar"
+into = "val"
+after = ["devkit"]
+arrange = "by-class"
+{labels}
+{extra}
+""")
+    return ValSet(root, m, files, truth)
+
+
+def jpeg(seed: int) -> bytes:
+    """A real 8x8 JPEG (Pillow), so a consumer's decoder accepts it."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (rng.randrange(256), rng.randrange(256), rng.randrange(256))).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def load_imagefolder(data_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Hugging Face `datasets`' imagefolder loader on a local tree, offline, images not decoded."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # a local folder needs no hub; nothing may leave loopback
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(cache))
+    import datasets
+
+    ds = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train", cache_dir=str(cache))
+    return ds.cast_column("image", datasets.Image(decode=False))

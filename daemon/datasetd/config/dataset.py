@@ -7,6 +7,7 @@ Read by config.manifest for each component; checked by the pure planner
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,38 @@ class Expect:
             or self.per_class_max is not None
 
 
-def read_expect(r: Reader, unpack: str) -> Expect | None:
+@dataclass(frozen=True)
+class Arrange:
+    """`arrange = "by-class"`: where the val labels come from, and an optional second source that must agree."""
+
+    devkit: str | None = None  # a component whose tree holds a devkit
+    csv: Path | None = None  # LOC_val_solution.csv format
+    cross_check: Path | None = None
+
+
+def read_arrange(r: Reader, unpack: str, under_root: Callable[[Reader, str, str], Path]) -> Arrange | None:
+    mode = r.choice("arrange", ("by-class",))
+    labels, cross = r.table("labels"), r.table("cross_check")
+    if mode is None:
+        for key in ("labels", "cross_check"):
+            if key in r.data:
+                raise r.fail(key, 'only meaningful with arrange = "by-class"', "add arrange, or remove it")
+        return None
+    if unpack != "tar":
+        raise r.fail("arrange", 'needs a flat tar (unpack = "tar")', "remove it or set unpack")
+    devkit = labels.string("devkit")
+    csv_raw = labels.string("csv")
+    labels.done({"devkit", "csv"})
+    if (devkit is None) == (csv_raw is None):
+        raise r.fail("labels", "give exactly one of devkit or csv",
+                     'labels = { devkit = "devkit" } or labels = { csv = "LOC_val_solution.csv" }')
+    cross_raw = cross.string("csv", required="cross_check" in r.data)
+    cross.done({"csv"})
+    return Arrange(devkit=devkit, csv=under_root(labels, "csv", csv_raw) if csv_raw is not None else None,
+                   cross_check=under_root(cross, "csv", cross_raw) if cross_raw is not None else None)
+
+
+def read_expect(r: Reader, unpack: str, arranged: bool = False) -> Expect | None:
     t = r.table("expect")
     if not t.keys():
         if "expect" in r.data:
@@ -46,9 +78,10 @@ def read_expect(r: Reader, unpack: str) -> Expect | None:
         raise t.fail("per_class", "conflicts with per_class_min/per_class_max", "use one or the other")
     if (exp.per_class_min or 0) > (exp.per_class_max if exp.per_class_max is not None else 2**63):
         raise t.fail("per_class_min", "is larger than per_class_max", "swap them")
-    if exp.per_class_checked and unpack != "class-tars":
+    if exp.per_class_checked and unpack != "class-tars" and not arranged:
         raise t.fail("classes" if exp.classes is not None else "per_class",
-                     'counts per class need class folders (unpack = "class-tars")', "check only files here")
+                     'counts per class need class folders (unpack = "class-tars", or arrange = "by-class")',
+                     "check only files here")
     return exp
 
 

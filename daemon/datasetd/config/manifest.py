@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar, Literal
 
-from datasetd.config.dataset import Expect, read_classes, read_expect
+from datasetd.config.dataset import Arrange, Expect, read_arrange, read_classes, read_expect
 from datasetd.config.reader import Reader, parse_duration
 from datasetd.errors import ManifestError
 
@@ -75,6 +75,7 @@ class Component:
     keep_archive: bool = True
     expect: Expect | None = None
     classes: tuple[str, ...] | None = None  # a subset of class folders (sorted); None: every class
+    arrange: Arrange | None = None  # flat val files moved into class folders
 
     def selected(self, unit: str) -> bool:
         return self.classes is None or unit in self.classes
@@ -182,6 +183,7 @@ def parse(raw: bytes, path: Path) -> Manifest:
     if not components:
         raise ManifestError(fname, "components", "no components", "add a [components.NAME] table")
     _check_graph(fname, components)
+    _check_label_sources(fname, components)
     _check_targets(fname, components)
     _check_archives(fname, components)
     return Manifest(
@@ -267,7 +269,7 @@ def _torrent(r: Reader) -> TorrentSettings:
 
 
 _COMMON = {"source", "size", "sha256", "md5", "unpack", "into", "after", "enabled", "keep_archive", "expect",
-           "classes"}
+           "classes", "arrange", "labels", "cross_check"}
 _BY_SOURCE = {
     "file": {"path"},
     "http": {"url", "mirrors", "file", "auth", "connections", "segment_threshold", "stall_timeout"},
@@ -296,7 +298,8 @@ def _component(r: Reader, name: str, root: Path, manifest_dir: Path) -> Componen
         size=r.integer("size", minimum=0), sha256=r.hexdigest("sha256", 64),
         md5=r.hexdigest("md5", 32), after=r.strings("after"),
         enabled=r.boolean("enabled", True), keep_archive=r.boolean("keep_archive", True),
-        expect=read_expect(r, unpack), classes=read_classes(r, unpack, manifest_dir),
+        expect=read_expect(r, unpack, arranged="arrange" in r.data), classes=read_classes(r, unpack, manifest_dir),
+        arrange=read_arrange(r, unpack, lambda t, k, raw: _under_root(t, k, raw, root)),
     )
     r.done(_COMMON | _BY_SOURCE[kind])
     return comp
@@ -403,6 +406,19 @@ def _check_graph(fname: str, comps: Mapping[str, Component]) -> None:
         visit(name, [])
 
 
+def _check_label_sources(fname: str, comps: Mapping[str, Component]) -> None:
+    for c in comps.values():
+        kit = c.arrange.devkit if c.arrange is not None else None
+        if kit is None:
+            continue
+        key = f"components.{c.name}.labels.devkit"
+        if kit not in comps or comps[kit].into is None:
+            raise ManifestError(fname, key, f"{kit!r} is no component with an into directory",
+                                "name the component that unpacks the devkit")
+        if kit not in c.after:
+            raise ManifestError(fname, key, f"{kit!r} must be ready first", f'add after = ["{kit}"]')
+
+
 def _check_targets(fname: str, comps: Mapping[str, Component]) -> None:
     """Two components may not write into the same or nested directories or archive files."""
     claimed: list[tuple[Path, str]] = []
@@ -435,6 +451,6 @@ def _archive_key(c: Component) -> str:
 
 
 __all__ = [
-    "Component", "DaemonSettings", "Expect", "FileSource", "HttpAuth", "HttpSource", "Manifest",
+    "Arrange", "Component", "DaemonSettings", "Expect", "FileSource", "HttpAuth", "HttpSource", "Manifest",
     "TorrentSettings", "TorrentSource", "load", "parse", "parse_duration",
 ]

@@ -58,6 +58,8 @@ class UnitState:
     folder: bool = False
     journal: Journal = Journal.NONE
     intact: bool = False  # folder's names and sizes equal the journal's record
+    arranged: bool = False  # a flat tree's records are `<wnid>/<name>`: its files were moved by class
+    arranging: bool = False  # a move plan is on disk: an arrangement started and was not recorded
 
     @property
     def name(self) -> str:
@@ -191,6 +193,15 @@ class MarkProcessed(UnitAction):
 
     tar: Path
     marked: Path
+
+
+@dataclass(frozen=True)
+class ArrangeByClass(UnitAction):
+    """Rename a verified flat tree's files into `<wnid>/` folders by their labels, following a
+    durable move plan (`plan_file`) so a crash anywhere resumes; then record the new names."""
+
+    folder: Path
+    plan_file: Path
 
 
 @dataclass(frozen=True)

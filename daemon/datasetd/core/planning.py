@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasetd.config.manifest import Component, Manifest
+from datasetd.config.manifest import Component, Expect, Manifest
 from datasetd.core import expect as expectations
 from datasetd.core.model import (
     FLAT,
     Action,
     AdoptUnit,
     ArchiveState,
+    ArrangeByClass,
     Blocked,
     ComponentState,
     DeleteArchive,
@@ -41,6 +42,7 @@ class UnitPaths:
     old: Path  # where a folder that failed its check waits while its replacement is renamed in
     plain_tar: Path
     marked_tar: Path
+    arrange_plan: Path  # the move plan of a flat tree being arranged by class
 
 
 def unit_paths(comp: Component, unit: str) -> UnitPaths:
@@ -48,10 +50,10 @@ def unit_paths(comp: Component, unit: str) -> UnitPaths:
     if unit == FLAT:
         parent, name = comp.into.parent, comp.into.name
         return UnitPaths(comp.into, parent / f".{name}.partial", parent / f".{name}.old",
-                         parent / f"{name}.tar", parent / f"Z_{name}.tar")
+                         parent / f"{name}.tar", parent / f"Z_{name}.tar", parent / f".{name}.arrange.json")
     into = comp.into
     return UnitPaths(into / unit, into / f".{unit}.partial", into / f".{unit}.old",
-                     into / f"{unit}.tar", into / f"Z_{unit}.tar")
+                     into / f"{unit}.tar", into / f"Z_{unit}.tar", into / f".{unit}.arrange.json")
 
 
 def plan(manifest: Manifest, observed: Observed) -> list[Action]:
@@ -122,8 +124,11 @@ def _refusal(comp: Component, state: ComponentState, units: tuple[UnitState, ...
                            f"({len(missing)} of {len(comp.classes)}); fix the list or the archive")
     if comp.expect is None:
         return None
-    per_class = {u.name: u.index.files for u in units} if comp.unpack == "class-tars" else {}
-    off = expectations.problems(comp.expect, per_class, sum(u.index.files for u in units))
+    if comp.unpack == "class-tars":
+        wanted, per_class = comp.expect, {u.name: u.index.files for u in units}
+    else:  # a flat tree's classes are known only from its labels: the arrangement checks those
+        wanted, per_class = Expect(files=comp.expect.files), {}
+    off = expectations.problems(wanted, per_class, sum(u.index.files for u in units))
     if not off:
         return None
     shown = "; ".join(off[:5]) + (f"; and {len(off) - 5} more" if len(off) > 5 else "")
@@ -165,6 +170,8 @@ def plan_unit(comp: Component, archive: ArchiveState, unit: UnitState) -> Action
         return Blocked(comp.name, reason=unit.index.problem, unit=unit.name)
     paths = unit_paths(comp, unit.name)
     loose = loose_path(paths, unit)
+    if comp.arrange is not None and _arrange_next(unit):
+        return ArrangeByClass(comp.name, unit.name, folder=paths.folder, plan_file=paths.arrange_plan)
     if unit.journal is Journal.VERIFIED and unit.folder and unit.intact:
         return DeleteClassTar(comp.name, unit.name, tar=loose) if loose else None
     if unit.journal is Journal.EXTRACTED and unit.folder and unit.intact:
@@ -180,6 +187,13 @@ def plan_unit(comp: Component, archive: ArchiveState, unit: UnitState) -> Action
     # No folder, or a recorded folder that lost files or changed size: extract (again).
     return ExtractUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
                        old=paths.old, expected_bytes=unit.index.bytes, replace=unit.folder)
+
+
+def _arrange_next(unit: UnitState) -> bool:
+    """A started arrangement resumes first (its files are half moved); a verified flat tree starts one."""
+    if unit.arranging and unit.journal is not Journal.NONE and unit.folder:
+        return True
+    return unit.journal is Journal.VERIFIED and unit.folder and unit.intact and not unit.arranged
 
 
 def loose_path(paths: UnitPaths, unit: UnitState) -> Path | None:

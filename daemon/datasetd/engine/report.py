@@ -42,7 +42,7 @@ def tree_counts(comp: Component) -> tuple[dict[str, int], int, int, dict[str, in
     listing = list_files(comp.into)
     files = {k: v for k, v in listing.files.items() if not any(p.startswith(".") for p in k.split("/"))}
     per_class: dict[str, int] = {}
-    if comp.unpack == "class-tars":
+    if comp.unpack == "class-tars" or comp.arrange is not None:
         for name in files:
             if "/" in name:
                 cls = name.split("/", 1)[0]

@@ -56,9 +56,12 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
                 loose, loose_ok = candidate.name, st.st_size == idx.size
                 break
     state = row.state if row is not None and row.archive_sha256 == archive_sha else Journal.NONE
-    intact = folder and state is not Journal.NONE and _intact(paths.folder, journal.file_sizes(comp.name, idx.name))
+    recorded = journal.file_sizes(comp.name, idx.name) if folder and state is not Journal.NONE else {}
+    intact = folder and state is not Journal.NONE and _intact(paths.folder, recorded)
+    arranged = bool(recorded) and all("/" in name for name in recorded)
+    arranging = comp.arrange is not None and os.path.lexists(paths.arrange_plan)
     return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder,
-                     journal=state, intact=intact)
+                     journal=state, intact=intact, arranged=arranged, arranging=arranging)
 
 
 def _intact(folder: Path, recorded: dict[str, int]) -> bool:
