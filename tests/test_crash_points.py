@@ -1,5 +1,7 @@
 """SIGKILL at every rename, unlink and flush datasetd makes (strace --inject), then converge.
 
+Two flows: class tars, a flat tar and an HTTP download; and val arranged by class from a devkit.
+
 strace counts per process: `when=N` kills each traced process (coordinator and
 every worker) at its own N-th matching syscall, so sweeping N from 1 to the
 largest count seen hits every point of every process.
@@ -28,6 +30,7 @@ from conftest import (
 )
 from datasetd.demo import build_train, build_val
 from http_server import FaultServer
+from imagenet_synth import build_val_set
 
 WNIDS = ["n01000001", "n01000002", "n01000003", "n01000004"]
 FAMILIES = {
@@ -163,3 +166,47 @@ def sweep(tmp_path: Path, family: str, devkit_url: str) -> None:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# ---- val arranged by class: every rename and flush of the arrangement flow ---------------------
+
+
+def val_invariant(root: Path, files: dict[str, bytes], truth: dict[str, str]) -> None:
+    """Each val file is at its flat name or in its class folder, exactly once, with its bytes."""
+    val = root / "val"
+    if not val.exists():
+        return
+    for name, data in files.items():
+        places = [p for p in (val / name, val / truth[name] / name) if p.exists()]
+        assert len(places) == 1, f"{name}: found at {places}"
+        assert places[0].read_bytes() == data, f"{places[0]}: bytes differ"
+
+
+@pytest.mark.parametrize("family", ["rename", "flush"])
+def test_kill_at_every_point_of_val_arrangement_then_converge(tmp_path: Path, family: str) -> None:
+    pristine = tmp_path / "pristine"
+    vs = build_val_set(pristine)
+    expected = vs.expected_tree()
+    probe = tmp_path / "probe"
+    shutil.copytree(pristine, probe, symlinks=True)
+    (probe / "m.toml").write_text((pristine / "m.toml").read_text().replace(str(pristine), str(probe)))
+    clean = strace_apply(probe, family, None)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    points = max_calls_per_process(probe / "strace.log")
+    assert points >= len(vs.files), f"only {points} {family} calls: the arrangement's are missing"
+    killed = 0
+    for n in range(1, points + 1):
+        work = tmp_path / f"{family}-{n}"
+        shutil.copytree(pristine, work, symlinks=True)
+        (work / "m.toml").write_text((pristine / "m.toml").read_text().replace(str(pristine), str(work)))
+        result = strace_apply(work, family, n)
+        killed += result.returncode != 0
+        val_invariant(work / "root", vs.files, vs.truth)
+        again = subprocess.run([*datasetd_cmd(), "--log-format", "json", "apply", str(work / "m.toml")],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, f"kill at {family} #{n}: re-run did not converge:\n{again.stderr[-3000:]}"
+        assert tree_digest(work / "root/val") == expected, f"kill at {family} #{n}: val differs"
+        assert (work / "root/classes.tsv").exists() and not (work / "root/.val.arrange.json").exists()
+        shutil.rmtree(work)
+    assert killed >= 1, f"no run was interrupted by the {family} sweep"
+    print(f"val arrangement, {family}: {points} kill points, {killed} runs interrupted, all converged")

@@ -34,7 +34,9 @@ def test_imagenet_manifest_expects_the_published_counts() -> None:
     train, val = m.components["train"].expect, m.components["val"].expect
     assert train is not None and val is not None
     assert (train.classes, train.files, train.per_class_min, train.per_class_max) == (1000, 1_281_167, 732, 1300)
-    assert val.files == 50_000
+    assert (val.classes, val.files, val.per_class) == (1000, 50_000, 50)
+    arrange = m.components["val"].arrange
+    assert arrange is not None and arrange.devkit == "devkit" and "devkit" in m.components["val"].after
 
 
 def test_every_shipped_manifest_validates() -> None:
