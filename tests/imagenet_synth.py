@@ -171,5 +171,6 @@ def load_imagefolder(data_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HF_HOME", str(cache))
     import datasets
 
-    ds = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train", cache_dir=str(cache))
+    # the loader names the split after the folder ("val" -> validation): take the one split it finds
+    (ds,) = datasets.load_dataset("imagefolder", data_dir=str(data_dir), cache_dir=str(cache)).values()
     return ds.cast_column("image", datasets.Image(decode=False))

@@ -7,8 +7,6 @@ it in, which is the class its class tar came from.
 
 from __future__ import annotations
 
-import io
-import random
 from pathlib import Path
 
 import pytest
@@ -17,23 +15,7 @@ from PIL import Image
 from conftest import WNIDS, sha256, write_manifest
 from datasetd import cli
 from datasetd.demo import tar_bytes
-
-
-def jpeg(seed: int) -> bytes:
-    rng = random.Random(seed)
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (rng.randrange(256), rng.randrange(256), rng.randrange(256))).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def load_imagefolder(data_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> object:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # a local folder needs no hub; nothing may leave loopback
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(cache))
-    import datasets
-
-    ds = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train", cache_dir=str(cache))
-    return ds.cast_column("image", datasets.Image(decode=False))
+from imagenet_synth import jpeg, load_imagefolder
 
 
 def test_imagefolder_reads_the_train_tree_with_each_image_in_its_class(
