@@ -32,6 +32,7 @@ EVENTS: dict[str, str] = {
     "class.verified": "a class folder was re-read, matched its record, and flushed to disk",
     "class.tar_deleted": "a class tar was deleted after its folder was verified and durable",
     "tree.extracted": "a flat tar was extracted into its directory and its digests recorded",
+    "val.arranged": "a verified flat val tree was moved into <wnid>/ folders; records, classes.tsv, labels written",
     "tree.adopted": "an existing directory matched its flat tar and was adopted",
     "tree.replaced": "a directory that did not match its flat tar was replaced",
     "tree.verified": "a flat tar's directory was re-read, matched, and flushed to disk",

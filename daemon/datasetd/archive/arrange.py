@@ -26,10 +26,9 @@ from datasetd.archive.devkit import (
 )
 from datasetd.config.dataset import Expect
 from datasetd.core import expect as expectations
+from datasetd.core.model import FileRecord
 from datasetd.errors import BadDevkit, ExpectationFailed, PermanentError
 from datasetd.state.durable import fsync_dir, save_file
-
-FileRecord = tuple[str, int, str]  # relative name, size, sha256 (as the journal holds them)
 
 
 @dataclass(frozen=True)

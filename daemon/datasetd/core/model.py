@@ -200,6 +200,7 @@ class ArrangeByClass(UnitAction):
     """Rename a verified flat tree's files into `<wnid>/` folders by their labels, following a
     durable move plan (`plan_file`) so a crash anywhere resumes; then record the new names."""
 
+    runs_in: ClassVar[RunsIn] = "worker"  # reads the devkit (scipy) and renames thousands of files
     folder: Path
     plan_file: Path
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from datasetd import logs
-from datasetd.archive import unpack, verify
+from datasetd.archive import arrange, unpack, verify
 from datasetd.archive.digest import check_pins
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core.model import (
     FLAT,
     Action,
     AdoptUnit,
+    ArrangeByClass,
     DeleteArchive,
     DeleteClassTar,
     ExtractUnit,
@@ -34,7 +35,7 @@ from datasetd.core.model import (
 )
 from datasetd.errors import PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, Source
-from datasetd.state.durable import write_text_fast
+from datasetd.state.durable import write_text_atomic, write_text_fast
 from datasetd.state.journal import ArchiveRow, JournalDB
 from datasetd.state.status import StatusBoard
 
@@ -195,6 +196,43 @@ def _verify_record(hands: Hands, action: VerifyUnit, problems: list[str]) -> boo
     raise TemporaryError(f"{problems[0]} (and {len(problems) - 1} more); re-extracting", delay=0.0)
 
 
+# ---- val arranged by class ----------------------------------------------------------------------
+
+
+def _arrange_work(hands: Hands, action: ArrangeByClass) -> Work:
+    comp = hands.component(action)
+    spec = comp.arrange
+    assert spec is not None  # the planner arranges only components that ask for it
+    kit = hands.manifest.components[spec.devkit].into if spec.devkit is not None else None
+    sources = arrange.LabelSources(devkit_tree=kit, csv=spec.csv, cross_check=spec.cross_check)
+    return arrange.arrange_by_class, (comp.name, action.folder, action.plan_file,
+                                      hands.journal.files(comp.name, action.unit), sources, comp.expect)
+
+
+def _arrange_record(hands: Hands, action: ArrangeByClass, result: arrange.Arranged) -> bool:
+    """The moved files become the record (same bytes, new names); the class index files; then the plan goes."""
+    comp = hands.component(action)
+    assert comp.into is not None
+    root = hands.manifest.root
+    archive = hands.journal.archive(comp.name)
+    assert archive is not None  # arranged only once extracted from an indexed archive
+    digest_file = hands.manifest.state_dir / "sha256" / comp.name / f"{comp.name}.sha256"
+    # Flushed: the renames are already durable (arrange fsyncs the folders), the list must say so too.
+    write_text_atomic(digest_file, verify.digest_list(result.files, ""))
+    hands.journal.record_extracted(comp.name, action.unit, archive.sha256, result.files)
+    hands.journal.mark_verified(comp.name, [action.unit])  # durable; the bytes were verified before the move
+    write_text_atomic(root / "classes.tsv", arrange.classes_tsv(result.classes))
+    labels_name = "val_labels.csv" if comp.name == "val" else f"{comp.name}_labels.csv"
+    write_text_atomic(root / labels_name,
+                      arrange.labels_csv(str(comp.into.relative_to(root)), result.files, result.classes))
+    # If power loss undoes this unlink, the plan runs again: every file is already in place, a no-op.
+    action.plan_file.unlink(missing_ok=True)
+    hands.log.info("val.arranged", component=comp.name, files=len(result.files),
+                   classes=len({f[0].split("/", 1)[0] for f in result.files}))
+    hands.journal.step(comp.name, action.unit, action.kind, "ok")
+    return False
+
+
 # ---- renames and deletes (inline: each is one system call) ---------------------------------------
 
 
@@ -234,6 +272,7 @@ STEPS: Mapping[type[Action], Step[Any]] = {
     ExtractUnit: Step(_extract_work, _extract_record),
     AdoptUnit: Step(_adopt_work, _adopt_record),
     VerifyUnit: Step(_verify_work, _verify_record),
+    ArrangeByClass: Step(_arrange_work, _arrange_record),
     MarkProcessed: Step(_inline(_mark), _logged("class.marked", tar=lambda a: a.marked)),
     DeleteClassTar: Step(_inline(_delete_class_tar), _logged("class.tar_deleted", tar=lambda a: a.tar)),
     DeleteArchive: Step(_inline(_delete_archive), _logged("archive.deleted", path=lambda a: a.path)),
