@@ -44,3 +44,14 @@ def test_every_shipped_manifest_validates() -> None:
     assert len(shipped) >= 2
     for path in shipped:
         assert load(path).components, path
+
+
+def test_cls_loc_manifest_is_http_with_env_credentials_and_arranges_val() -> None:
+    from datasetd.config.manifest import HttpSource
+
+    m = load(MANIFESTS / "ilsvrc2015-cls-loc.toml")
+    comp = m.components["cls-loc"]
+    assert isinstance(comp.source, HttpSource) and comp.source.auth is not None
+    assert (comp.source.auth.user_env, comp.source.auth.password_env) == ("IMAGENET_USER", "IMAGENET_PASSWORD")
+    assert str(comp.archive).endswith("ILSVRC2015_CLS-LOC.tar.gz") and comp.unpack == "tar"
+    assert comp.arrange is not None and comp.arrange.devkit == "devkit"

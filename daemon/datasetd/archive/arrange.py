@@ -1,5 +1,8 @@
 """Val arranged by class: flat `val/NAME` renamed (never copied) to `val/<wnid>/NAME`, crash-safe.
 
+The val folder is the top of a flat val tar's tree, or `ILSVRC2015/Data/CLS-LOC/val/`
+(the Kaggle copy: `ILSVRC/...`) of the CLS-LOC archive (core.arrangement).
+
 Sits after a flat val tree is extracted and verified. Every check happens
 before the first rename (a label naming no known class, a file with no label,
 a cross-check that disagrees: an error naming the file, nothing moved). Then
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd.archive.devkit import (
+    WNID_RE,
     Synset,
     find_devkit,
     label_files,
@@ -25,6 +29,7 @@ from datasetd.archive.devkit import (
     read_solution_csv,
 )
 from datasetd.config.dataset import Expect
+from datasetd.core import arrangement
 from datasetd.core import expect as expectations
 from datasetd.core.model import FileRecord
 from datasetd.errors import BadDevkit, ExpectationFailed, PermanentError
@@ -85,17 +90,35 @@ def read_move_plan(plan_file: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
-def move(folder: Path, records: list[FileRecord], plan: Mapping[str, str]) -> list[FileRecord]:
-    """Rename each recorded file to `<wnid>/<name>` as the plan says; the records under their new names."""
+def val_records(records: list[FileRecord], folder: str) -> list[FileRecord]:
+    """The val files: directly in `folder`, or already moved into `folder/<wnid>/`."""
+    out = []
+    for rec in records:
+        parent = rec[0].rpartition("/")[0]
+        above, _, leaf = parent.rpartition("/")
+        if parent == folder or (above == folder and WNID_RE.fullmatch(leaf)):
+            out.append(rec)
+    return out
+
+
+def move(tree: Path, records: list[FileRecord], plan: Mapping[str, str]) -> tuple[list[FileRecord], list[FileRecord]]:
+    """Rename each val file to `<wnid>/<name>` in its folder as the plan says: (every record, the moved ones)."""
+    vdir = arrangement.val_dir(r[0] for r in records)
+    folder = tree / vdir if vdir else tree
+    prefix = f"{vdir}/" if vdir else ""
+    moving = {r[0] for r in val_records(records, vdir)}
     out: list[FileRecord] = []
+    moved: list[FileRecord] = []
     made: set[str] = set()
     for name, size, digest in records:
+        if name not in moving:
+            out.append((name, size, digest))
+            continue
         flat = name.rsplit("/", 1)[-1]
         wnid = plan.get(flat)
         if wnid is None:
-            raise PermanentError(f"{folder / name}: not in the move plan; remove it and run apply")
-        new = f"{wnid}/{flat}"
-        src, dst = folder / flat, folder / new
+            raise PermanentError(f"{tree / name}: not in the move plan; remove it and run apply")
+        src, dst = folder / flat, folder / wnid / flat
         if wnid not in made:
             (folder / wnid).mkdir(exist_ok=True)
             made.add(wnid)
@@ -104,12 +127,13 @@ def move(folder: Path, records: list[FileRecord], plan: Mapping[str, str]) -> li
                 raise PermanentError(f"{src}: also present as {dst}; remove the one that is not recorded")
         else:
             os.rename(src, dst)  # same directory tree: a rename, never a copy
-        out.append((new, size, digest))
+        moved.append((f"{prefix}{wnid}/{flat}", size, digest))
+        out.append(moved[-1])
     # The new names must survive power loss before the journal says they are the record.
     for wnid in sorted(made):
         fsync_dir(folder / wnid)
     fsync_dir(folder)
-    return out
+    return out, moved
 
 
 def class_index_rows(classes: tuple[Synset, ...]) -> list[tuple[int, Synset]]:
@@ -123,29 +147,27 @@ def classes_tsv(classes: tuple[Synset, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def labels_csv(into_name: str, files: list[FileRecord], classes: tuple[Synset, ...]) -> str:
+def labels_csv(into_name: str, moved: list[FileRecord], classes: tuple[Synset, ...]) -> str:
     index = {s.wnid: i for i, s in class_index_rows(classes)}
     lines = ["file,wnid,index"]
-    for name, _, _ in sorted(files):
-        wnid = name.split("/", 1)[0]
+    for name, _, _ in sorted(moved):
+        wnid = name.rsplit("/", 2)[-2]
         lines.append(f"{into_name}/{name},{wnid},{index[wnid]}")
     return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
 class Arranged:
-    files: list[FileRecord]  # the records under their new names
+    files: list[FileRecord]  # every record, the moved ones under their new names
+    moved: list[FileRecord]  # the val files, under their new names
     classes: tuple[Synset, ...]
 
 
 def arrange_by_class(component: str, folder: Path, plan_file: Path, records: list[FileRecord],
                      sources: LabelSources, expect: Expect | None) -> Arranged:
     """The whole step: label, check, write the plan (unless a crash left one), move. Idempotent."""
-    nested = [r[0] for r in records if "/" in r[0] and not plan_file.exists()]
-    if nested:
-        raise PermanentError(f"{folder / nested[0]}: a flat tree to arrange has no folders; "
-                             "remove arrange or check the archive")
-    labels = read_labels(sorted({r[0].rsplit("/", 1)[-1] for r in records}), sources)
+    vdir = arrangement.val_dir(r[0] for r in records)
+    labels = read_labels(sorted({r[0].rsplit("/", 1)[-1] for r in val_records(records, vdir)}), sources)
     if expect is not None:
         per_class: dict[str, int] = {}
         for wnid in labels.by_file.values():
@@ -155,4 +177,5 @@ def arrange_by_class(component: str, folder: Path, plan_file: Path, records: lis
             raise ExpectationFailed(component, off)
     if not plan_file.exists():
         write_move_plan(plan_file, labels.by_file)
-    return Arranged(files=move(folder, records, read_move_plan(plan_file)), classes=labels.classes)
+    files, moved = move(folder, records, read_move_plan(plan_file))
+    return Arranged(files=files, moved=moved, classes=labels.classes)

@@ -224,11 +224,10 @@ def _arrange_record(hands: Hands, action: ArrangeByClass, result: arrange.Arrang
     write_text_atomic(root / "classes.tsv", arrange.classes_tsv(result.classes))
     labels_name = "val_labels.csv" if comp.name == "val" else f"{comp.name}_labels.csv"
     write_text_atomic(root / labels_name,
-                      arrange.labels_csv(str(comp.into.relative_to(root)), result.files, result.classes))
+                      arrange.labels_csv(str(comp.into.relative_to(root)), result.moved, result.classes))
     # If power loss undoes this unlink, the plan runs again: every file is already in place, a no-op.
     action.plan_file.unlink(missing_ok=True)
-    hands.log.info("val.arranged", component=comp.name, files=len(result.files),
-                   classes=len({f[0].split("/", 1)[0] for f in result.files}))
+    hands.log.info("val.arranged", component=comp.name, files=len(result.moved), classes=len(result.classes))
     hands.journal.step(comp.name, action.unit, action.kind, "ok")
     return False
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd.config.manifest import Component, Manifest
+from datasetd.core import arrangement
 from datasetd.core.costs import Need
 from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Observed, UnitIndex, UnitState
 from datasetd.core.planning import unit_paths
@@ -58,7 +59,7 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
     state = row.state if row is not None and row.archive_sha256 == archive_sha else Journal.NONE
     recorded = journal.file_sizes(comp.name, idx.name) if folder and state is not Journal.NONE else {}
     intact = folder and state is not Journal.NONE and _intact(paths.folder, recorded)
-    arranged = bool(recorded) and all("/" in name for name in recorded)
+    arranged = comp.arrange is not None and arrangement.arranged(recorded)
     arranging = comp.arrange is not None and os.path.lexists(paths.arrange_plan)
     return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder,
                      journal=state, intact=intact, arranged=arranged, arranging=arranging)
