@@ -17,6 +17,7 @@ import contextlib
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from datasetd.sources.http.attempt import STOPPED, call_cuttable, run_attempt
 from datasetd.sources.http.part import PartFile, PartState, Segment, disk_error, split
 from datasetd.sources.http.prefixhash import PrefixHasher
 from datasetd.sources.http.stream import Conn, Job
+from datasetd.sources.http.transport import StdlibTransport
 from datasetd.sources.http.util import (
     Scrubber,
     backoff,
@@ -112,6 +114,14 @@ def fetch_url_to(url: str, dest: Path, *, max_bytes: int, env: Mapping[str, str]
     return dest
 
 
+def _transport(timeout: httpx.Timeout) -> httpx.BaseTransport | None:
+    """http.client under httpx (see transport.py); httpx's own when a proxy is set in the
+    environment, which httpx honours only with its own transports."""
+    if any(k in urllib.request.getproxies() for k in ("http", "https", "all")):
+        return None
+    return StdlibTransport(connect_timeout=timeout.connect or MAX_CONNECT_WAIT, read_timeout=timeout.read or 60.0)
+
+
 class _Meter:
     """Throttles progress reports to PROGRESS_EVERY and smooths the rate."""
 
@@ -157,7 +167,8 @@ class _Download:
         # No keep-alive: every request opens its own connection, which the trace hook
         # hands to Conn so that a stop or a stall can cut it (see _http_stream.Conn).
         limits = httpx.Limits(max_keepalive_connections=0)
-        self.client = httpx.Client(timeout=timeout, limits=limits, follow_redirects=True)
+        self.client = httpx.Client(timeout=timeout, limits=limits, follow_redirects=True,
+                                   transport=_transport(timeout))
 
     @property
     def url_r(self) -> str:
