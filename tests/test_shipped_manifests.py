@@ -1,4 +1,4 @@
-"""The manifests we ship parse, and pin what ILSVRC2012 publishes (../shared/imagenet-facts.md)."""
+"""The manifests we ship parse, and pin what ILSVRC2012 publishes (sizes, md5, sha256, info-hashes)."""
 
 from __future__ import annotations
 

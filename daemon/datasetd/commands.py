@@ -62,11 +62,15 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
     for a in actions:
         counts[f"{a.component}:{a.kind}"] = counts.get(f"{a.component}:{a.kind}", 0) + 1
     fits = all(fs.fits for fs in report)
+    blocked = [str(getattr(a, "reason", "")) for a in actions if getattr(a, "reason", None)]
+    unwritable = root_unwritable(manifest)
+    ok = fits and not blocked and unwritable is None
     if as_json:
         print(json.dumps({"actions": [_describe(a) for a in actions], "counts": counts,
                           "read_bytes": moved.read, "write_bytes": moved.write, "components": per_component,
-                          "space": [fs.__dict__ | {"fits": fs.fits} for fs in report]}, indent=2))
-        return 0 if fits else 1
+                          "space": [fs.__dict__ | {"fits": fs.fits} for fs in report],
+                          "blocked": blocked, "root_unwritable": unwritable, "ok": ok}, indent=2))
+        return 0 if ok else 1
     if not actions:
         print("nothing to do: every enabled component is converged")
     for name, c in per_component.items():
@@ -86,7 +90,26 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
         verdict = "fits" if fs.fits else "DOES NOT FIT"
         print(f"{fs.filesystem}: needs {_h(fs.need_bytes)} and {inodes}; "
               f"free {_h(fs.free_bytes)} and {fs.free_inodes:,} inodes: {verdict}")
-    return 0 if fits else 1
+    if unwritable is not None:
+        print(f"root {manifest.root}: NOT WRITABLE ({unwritable}); apply would fail: fix its permissions "
+              "or mount, or, under systemd, add it to ReadWritePaths=")
+    return 0 if ok else 1
+
+
+def root_unwritable(manifest: Manifest) -> str | None:
+    """Why apply could not write under root (None when it can), asked without writing anything:
+    access(2) on root, or on the nearest existing directory above it that apply would create it in."""
+    path = manifest.root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if os.access(path, os.W_OK | os.X_OK):
+        return None
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+        statvfs = os.statvfs(path)
+    except OSError as e:
+        return e.strerror
+    return "read-only file system" if statvfs.f_flag & os.ST_RDONLY else f"no write permission on {path}"
 
 
 def _header_counts(manifest: Manifest, observed: Observed) -> dict[str, TarCount]:

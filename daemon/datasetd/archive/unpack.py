@@ -89,6 +89,10 @@ def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
             if member.isdir():
                 continue
             match = CLASS_TAR_RE.fullmatch(member.name)
+            if member.isreg() and not member.name.endswith(".tar") and not units:
+                # The first member is a plain file: a flat tar (a val or devkit tar), not a tar of class tars.
+                raise PermanentError(f"{archive}: first member {member.name[:80]!r} is a plain file, so this is a "
+                                     'flat tar, not a tar of class tars: set unpack = "tar" for this component')
             if not member.isreg() or match is None or match.group(1) in seen:
                 raise HostileArchive(archive, member.name, "a class-tars archive may hold only "
                                      "uniquely named plain 'NAME.tar' members at its top level")

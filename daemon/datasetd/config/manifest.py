@@ -163,6 +163,9 @@ def parse(raw: bytes, path: Path) -> Manifest:
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(fname, "", f"TOML syntax error: {e}", "fix the TOML syntax") from e
     top = Reader(fname, "", data)
+    # Unknown keys first, in every table: a typo (`unpak`, `intoo`) must get its "did you mean",
+    # not an error about the key that its absence then seems to break.
+    top.done({"version", "root", "daemon", "torrent", "components"})
     version = top.integer("version", required=True)
     if version != 1:
         raise ManifestError(fname, "version", f"unsupported version {version}", "use version = 1")
@@ -178,7 +181,6 @@ def parse(raw: bytes, path: Path) -> Manifest:
                 "use letters, digits, '_' and '-', starting with a letter or digit",
             )
         components[name] = _component(comps_reader.table(name), name, root, path.resolve().parent)
-    top.done({"version", "root", "daemon", "torrent", "components"})
     comps_reader.done(set(components))
     if not components:
         raise ManifestError(fname, "components", "no components", "add a [components.NAME] table")
@@ -212,9 +214,11 @@ _SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib64", "proc", "run", "sbi
 
 
 def _daemon(r: Reader) -> DaemonSettings:
+    r.done({"workers", "reconcile_every", "deep_verify_every", "stop_timeout", "metrics", "web",
+            "on_ready", "on_error", "hook_timeout"})
     d = DaemonSettings()
     workers = r.integer("workers", minimum=1, maximum=256)
-    out = DaemonSettings(
+    return DaemonSettings(
         workers=workers if workers is not None else d.workers,
         reconcile_every=r.duration("reconcile_every", d.reconcile_every),
         deep_verify_every=r.duration("deep_verify_every", d.deep_verify_every),
@@ -225,9 +229,6 @@ def _daemon(r: Reader) -> DaemonSettings:
         on_error=_hook(r, "on_error"),
         hook_timeout=r.duration("hook_timeout", d.hook_timeout),
     )
-    r.done({"workers", "reconcile_every", "deep_verify_every", "stop_timeout", "metrics", "web",
-            "on_ready", "on_error", "hook_timeout"})
-    return out
 
 
 def _hook(r: Reader, key: str) -> tuple[str, ...]:
@@ -280,6 +281,7 @@ _BY_SOURCE = {
 def _component(r: Reader, name: str, root: Path, manifest_dir: Path) -> Component:
     kind = r.choice("source", ("file", "http", "torrent"), required=True)
     assert kind is not None
+    r.done(_COMMON | _BY_SOURCE[kind])
     source = _source(r, kind, root)
     unpack = r.choice("unpack", ("none", "tar", "class-tars")) or "none"
     into_raw = r.string("into")
@@ -293,7 +295,7 @@ def _component(r: Reader, name: str, root: Path, manifest_dir: Path) -> Componen
     if into is not None and into == root:
         raise ManifestError(r.file, r.key("into"), "must be a directory below root, not root itself",
                             'e.g. into = "train"')
-    comp = Component(
+    return Component(
         name=name, source=source, unpack=unpack, into=into,  # type: ignore[arg-type]
         size=r.integer("size", minimum=0), sha256=r.hexdigest("sha256", 64),
         md5=r.hexdigest("md5", 32), after=r.strings("after"),
@@ -301,8 +303,6 @@ def _component(r: Reader, name: str, root: Path, manifest_dir: Path) -> Componen
         expect=read_expect(r, unpack, arranged="arrange" in r.data), classes=read_classes(r, unpack, manifest_dir),
         arrange=read_arrange(r, unpack, lambda t, k, raw: _under_root(t, k, raw, root)),
     )
-    r.done(_COMMON | _BY_SOURCE[kind])
-    return comp
 
 
 def _source(r: Reader, kind: str, root: Path) -> Source:

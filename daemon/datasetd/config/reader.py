@@ -71,6 +71,9 @@ class Reader:
     def _get(self, name: str, required: bool) -> Any:
         if name not in self.data:
             if required:
+                typo = difflib.get_close_matches(name, [k for k in self.data if isinstance(k, str)], n=1)
+                if typo:  # checked before `done`: the typo is what the user wrote, name it
+                    raise self.fail(typo[0], "unknown key", f"did you mean {name!r}?")
                 raise self.fail(name, "missing required key", "add it")
             return None
         return self.data[name]
@@ -141,7 +144,9 @@ class Reader:
     def choice(self, name: str, options: tuple[str, ...], required: bool = False) -> str | None:
         value = self.string(name, required)
         if value is not None and value not in options:
-            raise self.fail(name, f"{value!r} is not one of {', '.join(map(repr, options))}")
+            close = difflib.get_close_matches(value, options, n=1)
+            raise self.fail(name, f"{value!r} is not one of {', '.join(map(repr, options))}",
+                            f"did you mean {close[0]!r}?" if close else "")
         return value
 
     def strings(self, name: str) -> tuple[str, ...]:
