@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -244,3 +246,19 @@ def test_lost_journal_is_rebuilt_by_proving_folders_not_by_trusting_them(dataset
     replaced = [s for s in dataset.steps() if s[2] == "AdoptUnit"]
     assert len(replaced) == len(WNIDS) + 1
     assert victim.read_bytes() == good, "the folder that did not match its tar was replaced"
+
+
+def test_pinned_archive_hashes_only_its_loose_class_tars(dataset: Dataset, tmp_path: Path) -> None:
+    """One hash per byte: an in-place class tar of a pinned archive has no digest of its own (the
+    archive's matched its pin); a class tar split out by hand is hashed so it can be compared."""
+    train = dataset.root / "train"
+    loose = class_tars(dataset, tmp_path / "split")[0]
+    train.mkdir(parents=True)
+    shutil.copy(loose, train / loose.name)
+    assert dataset.run("apply") == 0
+    with dataset.journal() as db:
+        digests = dict(db.execute("SELECT unit, sha256 FROM unit_index WHERE component='train'"))
+    assert digests.pop(loose.stem) == hashlib.sha256(loose.read_bytes()).hexdigest()
+    assert set(digests.values()) == {""}, "in-place class tars were hashed at index time"
+    assert tree_digest(train) == expected_train(dataset, tmp_path)
+    assert not (train / loose.name).exists(), "the verified loose tar is deleted"

@@ -131,6 +131,16 @@ def test_loose_class_tar_is_preferred_over_the_archive() -> None:
     assert a.origin.sha256 == "b" * 64  # checked against the index while extracting
 
 
+def test_loose_tar_the_index_did_not_hash_is_never_used_nor_deleted() -> None:
+    """A pinned archive's index hashes only the class tars found loose at the time; one split later
+    has no digest to be compared with, so the unit is read in place and the loose tar left alone."""
+    u = replace(unit(loose_tar="n01.tar", loose_tar_ok=True), index=replace(unit().index, sha256=""))
+    a = only(plan(manifest(), observed(u)))
+    assert isinstance(a, ExtractUnit) and not a.origin.loose and a.origin.sha256 == ""
+    done = replace(u, **DONE)  # type: ignore[arg-type]
+    assert plan(manifest(), observed(done)) == []
+
+
 def test_loose_tar_of_wrong_size_is_never_used_nor_deleted() -> None:
     u = unit(loose_tar="n01.tar", loose_tar_ok=False)
     a = only(plan(manifest(), observed(u)))

@@ -46,9 +46,15 @@ class IndexResult:
     dev: int
 
 
-def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool = False) -> IndexResult:
-    """Digests of the archive, and of every class tar inside it, plus each unit's member count and
-    size. Hostile members are found here, before any write."""
+def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool = False,
+                  unit_digests: frozenset[str] | None = None) -> IndexResult:
+    """Digests of the archive, and of the class tars in `unit_digests` (every unit when None), plus each
+    unit's member count and size. Hostile members are found here, before any write.
+
+    A unit read in place from a pinned archive needs no digest of its own: the archive's digest
+    matched its pin, and its fingerprint (size, mtime, inode) is checked before every use. Only a
+    loose class tar (split by hand) has to be compared with its byte range here; its sha256 is ""
+    otherwise, and the extraction of an in-place unit then hashes each byte once, per member."""
     st = path.stat()
     stop = threading.Event()
     # The archive's own digest comes from a second thread reading the same file: hashlib releases
@@ -57,7 +63,7 @@ def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool 
     with cf.ThreadPoolExecutor(1, thread_name_prefix="index-hash") as pool:
         whole = pool.submit(hash_file, path, md5=md5, stop=stop)
         try:
-            units = _index_units(path, unpack, st.st_size * max_expansion)
+            units = _index_units(path, unpack, st.st_size * max_expansion, unit_digests)
         except BaseException:
             stop.set()  # a refused archive: do not read the rest of it just to hash it
             raise
@@ -65,22 +71,24 @@ def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool 
     after = path.stat()
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or digests.size != st.st_size:
         raise CorruptArchive(str(path), "changed while it was being read; wait until it is complete")
-    # a flat unit's bytes are the whole archive, so extraction re-checks the archive's digest
-    units = [replace(u, sha256=digests.sha256) if u.name == FLAT else u for u in units]
+    # a flat unit's bytes are the whole archive: an unpinned one is re-checked against this digest
+    # while extracting (its pin is the index itself); a pinned one was proved by its pin
+    if unit_digests is None:
+        units = [replace(u, sha256=digests.sha256) if u.name == FLAT else u for u in units]
     return IndexResult(digests.size, digests.sha256, digests.md5, units, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-def _index_units(path: Path, unpack: str, max_bytes: int) -> list[UnitIndex]:
+def _index_units(path: Path, unpack: str, max_bytes: int, digests: frozenset[str] | None) -> list[UnitIndex]:
     with path.open("rb", buffering=0) as raw:
         reader = HashingReader(raw, None, ())
         if unpack == "class-tars":
-            return _index_class_tars(reader, str(path))
+            return _index_class_tars(reader, str(path), digests)
         if unpack == "tar":
             return [_index_flat(reader, str(path), max_bytes, _magic(path))]
         return []
 
 
-def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
+def _index_class_tars(reader: HashingReader, archive: str, digests: frozenset[str] | None) -> list[UnitIndex]:
     units: list[UnitIndex] = []
     seen: set[str] = set()
     tail = TailCheck(reader)
@@ -98,16 +106,17 @@ def _index_class_tars(reader: HashingReader, archive: str) -> list[UnitIndex]:
                                      "uniquely named plain 'NAME.tar' members at its top level")
             name = match.group(1)
             seen.add(name)
-            units.append(_index_class(outer, member, name, archive))
+            units.append(_index_class(outer, member, name, archive, digests is None or name in digests))
         tail.check_end(archive, outer.offset)
         reader.drain()
     return units
 
 
-def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, archive: str) -> UnitIndex:
+def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, archive: str,
+                 digest: bool) -> UnitIndex:
     source = outer.extractfile(member)
     assert source is not None
-    inner_reader = HashingReader(source, member.size)
+    inner_reader = HashingReader(source, member.size, ("sha256",) if digest else ())
     label = f"{archive}:{member.name}"
     files = dirs = total = 0
     problem = None
@@ -121,7 +130,7 @@ def _index_class(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, arc
     except (tarfile.TarError, EOFError) as e:
         problem = str(CorruptArchive(label, f"unreadable class tar: {e}"))
     inner_reader.drain()
-    return UnitIndex(name, member.offset_data, member.size, inner_reader.hexdigest(),
+    return UnitIndex(name, member.offset_data, member.size, inner_reader.hexdigest() if digest else "",
                      files, dirs, total, problem)
 
 
@@ -295,7 +304,8 @@ def _open_origin(origin: Origin) -> Iterator[HashingReader]:
     with origin.path.open("rb", buffering=0) as raw:
         if origin.offset:
             raw.seek(origin.offset)
-        yield HashingReader(raw, origin.size)
+        # no digest to check (an in-place unit of a pinned archive): count the bytes, hash none
+        yield HashingReader(raw, origin.size, ("sha256",) if origin.sha256 else ())
 
 
 def _check_origin_digest(origin: Origin, reader: HashingReader) -> None:

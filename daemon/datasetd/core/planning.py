@@ -197,7 +197,9 @@ def _arrange_next(unit: UnitState) -> bool:
 
 
 def loose_path(paths: UnitPaths, unit: UnitState) -> Path | None:
-    if unit.loose_tar is None or not unit.loose_tar_ok:
+    # A loose tar the index did not hash (it appeared after the index pass of a pinned archive) cannot
+    # be compared with anything: like one of the wrong size, it is neither used nor deleted.
+    if unit.loose_tar is None or not unit.loose_tar_ok or not unit.index.sha256:
         return None
     return paths.marked_tar if unit.loose_tar.startswith("Z_") else paths.plain_tar
 

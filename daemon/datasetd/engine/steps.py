@@ -37,6 +37,7 @@ from datasetd.errors import PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, Source
 from datasetd.state.durable import write_text_atomic, write_text_fast
 from datasetd.state.journal import ArchiveRow, JournalDB
+from datasetd.state.observe import loose_tar_names
 from datasetd.state.status import StatusBoard
 
 A = TypeVar("A", bound=Action)
@@ -122,7 +123,11 @@ def _index_work(hands: Hands, action: IndexArchive) -> Work:
     if comp.size is not None and size != comp.size:
         raise PermanentError(f"{comp.archive}: size is {size} bytes, components.{comp.name}.size says "
                              f"{comp.size}; the file is incomplete or the manifest is wrong")
-    return functools.partial(unpack.index_archive, md5=comp.md5 is not None), (action.path, comp.unpack)
+    # A pinned archive proves its in-place units; only loose class tars need a digest of their range.
+    pinned = comp.sha256 is not None or comp.md5 is not None
+    digests = loose_tar_names(comp) if pinned else None
+    return (functools.partial(unpack.index_archive, md5=comp.md5 is not None, unit_digests=digests),
+            (action.path, comp.unpack))
 
 
 def _index_record(hands: Hands, action: IndexArchive, result: unpack.IndexResult) -> bool:

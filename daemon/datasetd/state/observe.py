@@ -65,6 +65,19 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
                      journal=state, intact=intact, arranged=arranged, arranging=arranging)
 
 
+def loose_tar_names(comp: Component) -> frozenset[str]:
+    """Units with a loose class tar (`W.tar` or `Z_W.tar`, a regular file) in `into`, by one listing."""
+    if comp.into is None or comp.unpack != "class-tars":
+        return frozenset()
+    try:
+        entries = list(os.scandir(comp.into))
+    except FileNotFoundError:
+        return frozenset()
+    names = (e.name.removeprefix("Z_").removesuffix(".tar") for e in entries
+             if e.name.endswith(".tar") and e.is_file(follow_symlinks=False))
+    return frozenset(names)
+
+
 def _intact(folder: Path, recorded: dict[str, int]) -> bool:
     listing = list_files(folder)
     return not listing.problems and listing.files == recorded
