@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WNIDS, Dataset, gnu_tar_extract, gnu_tar_reference, make_tar, sha256, tree_digest, write_manifest
+from conftest import (
+    WNIDS,
+    Dataset,
+    gnu_tar_extract,
+    gnu_tar_reference,
+    journal_units,
+    make_tar,
+    sha256,
+    tree_digest,
+    write_manifest,
+)
 
 
 def class_tars(dataset: Dataset, dest: Path) -> list[Path]:
@@ -262,3 +272,21 @@ def test_pinned_archive_hashes_only_its_loose_class_tars(dataset: Dataset, tmp_p
     assert set(digests.values()) == {""}, "in-place class tars were hashed at index time"
     assert tree_digest(train) == expected_train(dataset, tmp_path)
     assert not (train / loose.name).exists(), "the verified loose tar is deleted"
+
+
+def test_in_place_units_are_read_back_while_extracted(dataset: Dataset, tmp_path: Path) -> None:
+    """A class read in place is read back by the worker that wrote it (no second pass over the folder);
+    a loose class tar still goes extract, Z_ marker, verify."""
+    train = dataset.root / "train"
+    loose = class_tars(dataset, tmp_path / "split")[0]
+    train.mkdir(parents=True)
+    shutil.copy(loose, train / loose.name)
+    assert dataset.run("apply") == 0
+    with dataset.journal() as db:
+        verifies = dict(db.execute("SELECT unit, detail FROM step WHERE component='train' AND "
+                                   "action='VerifyUnit' AND outcome='ok'"))
+    assert verifies.pop(loose.stem) == ""
+    assert set(verifies) == set(WNIDS) - {loose.stem}
+    assert set(verifies.values()) == {"read back while extracted"}
+    assert journal_units(dataset.root, "verified", "train") == set(WNIDS)
+    assert tree_digest(train) == expected_train(dataset, tmp_path)

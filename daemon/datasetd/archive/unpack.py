@@ -27,12 +27,12 @@ from isal import igzip, isal_zlib
 from datasetd.archive.digest import hash_file
 from datasetd.archive.tarsafe import CLASS_TAR_RE, HashingReader, Readable, TailCheck, check_member, open_stream
 from datasetd.core.model import CHUNK, FLAT, FileRecord, Origin, UnitIndex
-from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError
+from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError, TemporaryError
 from datasetd.state.fswalk import list_files
 
 # isal's stubs declare `error` as an instance; it is the exception class bad deflate data raises.
 ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
-_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -206,14 +206,19 @@ def _reading(archive: str) -> Iterator[None]:
 class Extracted:
     files: list[FileRecord]
     dirs: int
+    # Read back while written (every chunk compared with the bytes hashed on the way in, through the
+    # same descriptor while its pages are hot) and the folder's member set checked: what VerifyUnit
+    # proves, so only the group commit's flush stands between this unit and VERIFIED.
+    read_back: bool = False
 
 
 def extract_unit(origin: Origin, folder: Path, partial: Path, old: Path, expected_bytes: int) -> Extracted:
     """Extract the unit's tar into `partial`, then rename it to `folder`.
 
-    No fsync here: nothing is trusted until VerifyUnit re-reads the folder and the
-    executor flushes the filesystem (one syncfs for many units) before it records
-    VERIFIED. A crash before that leaves the tar in place and the unit re-done.
+    No fsync here: nothing is trusted until the folder was read back (here, for a unit read in
+    place from the archive; by VerifyUnit after the Z_ marker for a loose class tar) and the
+    executor flushed the filesystem (one syncfs for many units) before it records VERIFIED.
+    A crash before that leaves the tar in place and the unit re-done.
     """
     _clear(partial)
     _clear(old)
@@ -234,6 +239,7 @@ def extract_unit(origin: Origin, folder: Path, partial: Path, old: Path, expecte
 
 def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extracted:
     label = _label(origin)
+    read_back = not origin.loose
     files: list[FileRecord] = []
     dirs = 0
     seen: set[str] = set()
@@ -255,14 +261,24 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
                 if member.size > expected_bytes:
                     raise HostileArchive(label, member.name, f"claims {member.size} bytes, more than the "
                                          f"{expected_bytes} the index counted for the whole unit")
-                files.append(_write_member(tf, member, partial, rel, label))
+                files.append(_write_member(tf, member, partial, rel, label, read_back))
         reader.drain()
     _check_origin_digest(origin, reader)
-    return Extracted(files, dirs)
+    if read_back:
+        _check_member_set(partial, files)
+    return Extracted(files, dirs, read_back)
+
+
+def _check_member_set(partial: Path, files: list[FileRecord]) -> None:
+    """The folder holds exactly the files written, and nothing that is not a file or a directory."""
+    listing = list_files(partial, sizes=False)
+    if listing.problems or set(listing.files) != {f[0] for f in files}:
+        odd = listing.problems or sorted(set(listing.files) ^ {f[0] for f in files})
+        raise TemporaryError(f"{partial}: not the member set just written ({odd[0]}); extracting again", 0)
 
 
 def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, partial: Path, rel: str,
-                  label: str) -> FileRecord:
+                  label: str, read_back: bool) -> FileRecord:
     parent = rel.rpartition("/")[0]
     if parent:
         _mkdirs(partial, parent, label, member.name)
@@ -281,6 +297,10 @@ def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, partial: Path, r
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            # One more byte than written: a file longer than what was written shows up too.
+            if read_back and os.pread(fd, len(chunk) + 1, written) != chunk:
+                raise TemporaryError(f"{partial / rel}: read back differs from what was written; "
+                                     "extracting again", 0)
             written += len(chunk)
         if written != member.size:
             raise CorruptArchive(label, f"member {member.name!r} is truncated ({written} of {member.size} bytes)")

@@ -160,14 +160,21 @@ def _adopt_work(hands: Hands, action: AdoptUnit) -> Work:
 def _extract_record(hands: Hands, action: ExtractUnit, result: unpack.Extracted) -> bool:
     _record_unit(hands, action.component, action.unit, result, "replaced" if action.replace else "extracted")
     hands.journal.step(action.component, action.unit, action.kind, "ok")
-    return False
+    return _read_back(hands, action, result)
 
 
 def _adopt_record(hands: Hands, action: AdoptUnit, result: tuple[bool, unpack.Extracted]) -> bool:
     adopted, extracted = result
     _record_unit(hands, action.component, action.unit, extracted, "adopted" if adopted else "replaced")
     hands.journal.step(action.component, action.unit, action.kind, "ok")
-    return False
+    return _read_back(hands, action, extracted)
+
+
+def _read_back(hands: Hands, action: ExtractUnit | AdoptUnit, result: unpack.Extracted) -> bool:
+    """A unit read back while it was extracted is verified: it waits for the group commit only."""
+    if result.read_back:
+        hands.journal.step(action.component, action.unit, VerifyUnit.__name__, "ok", "read back while extracted")
+    return result.read_back
 
 
 def _record_unit(hands: Hands, component: str, unit: str, result: unpack.Extracted, verb: str) -> None:

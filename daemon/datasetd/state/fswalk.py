@@ -13,8 +13,11 @@ class Listing:
     problems: list[str] = field(default_factory=list)  # symlinks, devices, unreadable dirs
 
 
-def list_files(folder: Path) -> Listing:
-    """Walk without following symlinks; a link or special file inside a unit is a problem."""
+def list_files(folder: Path, sizes: bool = True) -> Listing:
+    """Walk without following symlinks; a link or special file inside a unit is a problem.
+
+    `sizes=False` records -1 for every file: the names and types come from the directory entries
+    alone (one `getdents` per directory, no `stat` per file)."""
     out = Listing()
     stack = [("", str(folder))]
     while stack:
@@ -29,7 +32,7 @@ def list_files(folder: Path) -> Listing:
             if entry.is_dir(follow_symlinks=False):
                 stack.append((rel + "/", entry.path))
             elif entry.is_file(follow_symlinks=False):
-                out.files[rel] = entry.stat(follow_symlinks=False).st_size
+                out.files[rel] = entry.stat(follow_symlinks=False).st_size if sizes else -1
             else:
                 out.problems.append(f"{rel}: not a regular file")
     return out
