@@ -51,8 +51,12 @@ def safe_name(archive: str, member: tarfile.TarInfo) -> str:
 _FILTER_DEST = "/nonexistent-datasetd-filter-root"
 
 
-def check_member(archive: str, member: tarfile.TarInfo) -> str:
-    """Validate type and name; returns the safe relative name."""
+def check_member(archive: str, member: tarfile.TarInfo, library_filter: bool = True) -> str:
+    """Validate type and name; returns the safe relative name.
+
+    `library_filter=False` skips tarfile's data_filter (a third of a small file's cost): for the
+    extraction pass, whose bytes are the ones the index pass already ran it over (a loose class tar
+    matched its indexed digest, an in-place range is in the fingerprinted archive)."""
     name = safe_name(archive, member)
     if not (member.isreg() or member.isdir()):
         raise HostileArchive(archive, member.name, f"{_kind(member)} members are not extracted")
@@ -62,6 +66,8 @@ def check_member(archive: str, member: tarfile.TarInfo) -> str:
         raise HostileArchive(archive, member.name, "negative size")
     if not math.isfinite(member.mtime) or abs(member.mtime) > MAX_MTIME:
         raise HostileArchive(archive, member.name, f"modification time {member.mtime} is out of range")
+    if not library_filter:
+        return name
     try:
         tarfile.data_filter(member, _FILTER_DEST)
     except tarfile.FilterError as e:

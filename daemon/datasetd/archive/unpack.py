@@ -250,7 +250,7 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
         tf = open_stream(_decompressing(reader, magic), label, compressed=False)
         with tf:
             for member in tf:
-                rel = check_member(label, member)
+                rel = check_member(label, member, library_filter=False)
                 if rel in seen:
                     raise HostileArchive(label, member.name, "duplicate member name")
                 seen.add(rel)
@@ -377,7 +377,7 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
         tf = open_stream(_decompressing(reader, magic), label, compressed=False)
         with tf:
             for member in tf:
-                rel = check_member(label, member)
+                rel = check_member(label, member, library_filter=False)
                 if member.isdir():
                     dirs += 1
                     continue

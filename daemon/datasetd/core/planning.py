@@ -168,10 +168,13 @@ def plan_unit(comp: Component, archive: ArchiveState, unit: UnitState) -> Action
     """The class-tar protocol: one row of design.md's table per branch."""
     if unit.index.problem:
         return Blocked(comp.name, reason=unit.index.problem, unit=unit.name)
+    if comp.arrange is not None and _arrange_next(unit):
+        paths = unit_paths(comp, unit.name)
+        return ArrangeByClass(comp.name, unit.name, folder=paths.folder, plan_file=paths.arrange_plan)
+    if unit.journal is Journal.VERIFIED and unit.folder and unit.intact and unit.loose_tar is None:
+        return None  # done: the common case at every round, so no paths are built for it
     paths = unit_paths(comp, unit.name)
     loose = loose_path(paths, unit)
-    if comp.arrange is not None and _arrange_next(unit):
-        return ArrangeByClass(comp.name, unit.name, folder=paths.folder, plan_file=paths.arrange_plan)
     if unit.journal is Journal.VERIFIED and unit.folder and unit.intact:
         return DeleteClassTar(comp.name, unit.name, tar=loose) if loose else None
     if unit.journal is Journal.EXTRACTED and unit.folder and unit.intact:

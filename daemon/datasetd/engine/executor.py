@@ -33,7 +33,7 @@ from typing import Any
 from datasetd import logs, platform
 from datasetd.config.manifest import Manifest
 from datasetd.core.costs import space_needs
-from datasetd.core.model import Action, Blocked, ComponentState, IndexArchive, Observed, UnitAction
+from datasetd.core.model import Action, Blocked, ComponentState, IndexArchive, Journal, Observed, UnitAction
 from datasetd.core.planning import is_ready, plan
 from datasetd.core.summary import summarize
 from datasetd.engine.steps import STEPS, Hands
@@ -337,7 +337,25 @@ class Executor:
             for unit in units:
                 self.journal.step(name, unit, "Commit", "ok")
                 self.log.info(self.hands.event(name, "verified"), component=name, unit=unit)
-                self._refresh(UnitAction(name, unit))
+                self._committed(name, unit)
+
+    def _committed(self, component: str, unit: str) -> None:
+        """Observe a unit again after its commit, listing its folder only where a step may follow.
+
+        A delete (its loose tar, or the archive once every unit is verified) or an arrangement must
+        be preceded by a fresh look at the folder. A unit with none was listed when its step was
+        recorded, and the commit changed its journal state alone: setting that spares a stat per file."""
+        comp = self.manifest.components[component]
+        state = self.observed.get(component)
+        units = state.units if state is not None else ()
+        seen = next((u for u in units if u.name == unit), None)
+        follows = seen is None or seen.loose_tar is not None or comp.arrange is not None or (
+            comp.downloaded and not comp.keep_archive)
+        if state is None or seen is None or follows:
+            self._refresh(UnitAction(component, unit))
+            return
+        verified = replace(seen, journal=Journal.VERIFIED)
+        self.observed[component] = replace(state, units=tuple(verified if u is seen else u for u in units))
 
     def _commit_filesystems(self, keys: Iterable[Key]) -> list[Path]:
         seen: dict[int, Path] = {}
