@@ -43,11 +43,16 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """PR_SET_PDEATHSIG: a worker dies with its coordinator, so a SIGKILLed apply cannot leave one
-    writing into a .partial dir that the next run is about to clear. Best effort off Linux."""
+    writing into a .partial dir that the next run is about to clear. Best effort off Linux.
+
+    `parent`: the pid that forked us. A coordinator killed between the fork and the prctl sends no
+    signal (it is already gone), and the orphan would hold the root lock forever: exit instead."""
     with contextlib.suppress(Exception):
         libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def lowest_io_priority() -> None:

@@ -75,7 +75,8 @@ class Outcome:
 
 
 def init_worker() -> None:
-    platform.die_with_parent()
+    parent = multiprocessing.parent_process()
+    platform.die_with_parent(parent.pid if parent is not None else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
 
 
