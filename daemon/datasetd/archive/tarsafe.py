@@ -1,9 +1,10 @@
 """What a tar member may be before datasetd writes it: the strict rules, in one place.
 
 Only regular files and directories, with relative names made of ordinary
-components. tarfile's own `data_filter` runs afterwards as an extra layer, on a
-destination that does not exist: its checks are then about names alone (absolute
-paths, escapes, links, special files), and realpath() stops at the first missing
+components. tarfile's own `data_filter` runs afterwards as an extra layer, in the
+index pass (once per member: extraction reads the same bytes), on a destination
+that does not exist: its checks are then about names alone (absolute paths,
+escapes, links, special files), and realpath() stops at the first missing
 component instead of walking the real target (which cost 45 % of the index pass
 on small files). The files themselves are created with O_EXCL|O_NOFOLLOW in a
 directory datasetd just made, so nothing on disk can redirect them.
