@@ -7,6 +7,7 @@
     │   ├── DigestMismatch   bytes on disk differ from what the manifest or journal pins
     │   ├── HostileArchive   a tar member that could escape, or is not a plain file
     │   ├── CorruptArchive   a truncated or unreadable tar
+    │   ├── UnsafePath       a symlink or file where datasetd expects its own directory
     │   ├── NoSpace          the filesystem cannot hold what the plan needs
     │   ├── BadDevkit        a devkit or label file that does not parse (names file and line)
     │   └── ExpectationFailed  counts on disk differ from the manifest's `expect`
@@ -95,6 +96,15 @@ class CorruptArchive(PermanentError):
     def __init__(self, archive: str, detail: str) -> None:
         self.archive = archive
         super().__init__(f"{archive}: {detail}; fetch the archive again or check its source")
+
+
+class UnsafePath(PermanentError):
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path}: {what} where datasetd expects its own directory; nothing was written through it: "
+            "replace it with a real directory (or remove it) and run again"
+        )
 
 
 class NoSpace(PermanentError):

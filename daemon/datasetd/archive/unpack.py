@@ -29,6 +29,7 @@ from datasetd.archive.tarsafe import CLASS_TAR_RE, HashingReader, Readable, Tail
 from datasetd.core.model import CHUNK, FLAT, FileRecord, Origin, UnitIndex
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError, TemporaryError
 from datasetd.state.fswalk import list_files
+from datasetd.state.safedir import check_own_dir
 
 # isal's stubs declare `error` as an instance; it is the exception class bad deflate data raises.
 ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
@@ -220,16 +221,16 @@ def extract_unit(origin: Origin, folder: Path, partial: Path, old: Path, expecte
     executor flushed the filesystem (one syncfs for many units) before it records VERIFIED.
     A crash before that leaves the tar in place and the unit re-done.
     """
+    check_own_dir(folder.parent, make=True)  # `into` itself a link would send every write outside root
     _clear(partial)
     _clear(old)
-    partial.parent.mkdir(parents=True, exist_ok=True)
     partial.mkdir()  # fails if something raced us into the name: never write into foreign dirs
     try:
         result = _extract_into(origin, partial, expected_bytes)
     except BaseException:
         _clear(partial)
         raise
-    if folder.exists():
+    if os.path.lexists(folder):
         # The folder failed its check: move it aside first so `folder` is never a mix.
         folder.rename(old)
     partial.rename(folder)
@@ -341,11 +342,26 @@ def _label(origin: Origin) -> str:
 
 
 def _clear(path: Path) -> None:
-    """Remove a leftover partial/old dir. Never follows a symlink (rmtree refuses those)."""
-    if path.is_symlink():
+    """Remove a leftover partial/old dir, or whatever stood in a folder's place (a file, a link, a
+    folder with mode 000). Never follows a symlink: a link is unlinked, its target untouched."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         path.unlink()
     elif path.exists():
-        shutil.rmtree(path)
+        try:
+            shutil.rmtree(path)
+        except PermissionError:
+            _open_up(path)
+            shutil.rmtree(path)
+
+
+def _open_up(top: Path) -> None:
+    """Give the owner rwx on every directory under `top` (ours, below `into`) so it can be removed."""
+    os.chmod(top, 0o700)
+    for dirpath, dirnames, _files in os.walk(top):
+        for d in dirnames:
+            child = os.path.join(dirpath, d)
+            if not os.path.islink(child):
+                os.chmod(child, 0o700)
 
 
 # ---- adoption ------------------------------------------------------------------------------
@@ -356,6 +372,10 @@ def adopt_unit(origin: Origin, folder: Path, partial: Path, old: Path,
     """Compare a folder of unknown provenance with its tar, byte for byte. On a match the
     folder is adopted as is (its digests come from the bytes on disk); otherwise it is
     replaced by a fresh extraction. Returns (adopted, result)."""
+    check_own_dir(folder.parent)
+    if folder.is_symlink():
+        # a link in place of the folder is never adopted: it is replaced (the link, not its target)
+        return False, extract_unit(origin, folder, partial, old, expected_bytes)
     try:
         return True, _compare(origin, folder)
     except _Differs:

@@ -203,6 +203,8 @@ def _root(top: Reader, manifest_path: Path) -> Path:
     root = Path(os.path.normpath(root))
     if str(root).startswith("//"):  # POSIX leaves a leading `//` implementation-defined; on Linux it is `/`
         root = Path("/" + str(root).lstrip("/"))
+    # Resolved once, here: root may be a symlink, but nothing below it may be (state/safedir.py).
+    root = Path(os.path.realpath(root))
     if root == Path("/") or (root.parent == Path("/") and root.name in _SYSTEM_DIRS):
         raise ManifestError(
             top.file, "root", f"{root} is a system directory", "use a dedicated data directory"

@@ -24,6 +24,7 @@ from pathlib import Path
 from datasetd import logs
 from datasetd.core.model import FileRecord, Journal, UnitIndex
 from datasetd.errors import PermanentError
+from datasetd.state.safedir import check_own_dir
 
 _SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS archive (
@@ -81,7 +82,7 @@ class JournalDB:
             self.path = Path(":memory:")
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            check_own_dir(state_dir, make=True)
             self.path = state_dir / JOURNAL_NAME
             self.db = _open_checked(self.path)
         self.db.execute("PRAGMA synchronous=NORMAL")

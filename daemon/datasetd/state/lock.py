@@ -31,6 +31,7 @@ from types import TracebackType
 
 from datasetd.config.manifest import STATE_DIR
 from datasetd.errors import UsageError
+from datasetd.state.safedir import check_own_dir
 
 LOCK_NAME = "lock"
 _MAX_COMMAND = 200
@@ -141,7 +142,7 @@ class RootLock:
 
     def _open(self) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_own_dir(self.path.parent, make=True)
             # os.open descriptors are close-on-exec (PEP 446) but survive fork.
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:

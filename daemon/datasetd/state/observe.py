@@ -19,9 +19,15 @@ from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Obs
 from datasetd.core.planning import unit_paths
 from datasetd.state.fswalk import list_files
 from datasetd.state.journal import ArchiveRow, JournalDB, UnitRow
+from datasetd.state.safedir import check_own_dir
 
 
 def observe(manifest: Manifest, journal: JournalDB) -> Observed:
+    """Raises UnsafePath, before anything is planned, when a directory datasetd writes in is a link."""
+    for comp in manifest.enabled():
+        if comp.into is not None:
+            check_own_dir(comp.into)
+        check_own_dir(manifest.state_dir / "sha256" / comp.name)
     return Observed(components={c.name: observe_component(c, journal)
                                 for c in manifest.components.values()})
 
