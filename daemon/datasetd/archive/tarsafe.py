@@ -29,16 +29,22 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CLASS_TAR_RE = re.compile(r"^(?!Z_)(?!\.)([A-Za-z0-9][A-Za-z0-9._-]{0,200})\.tar$")
 
 
+TOP = ""  # safe_name of the archive's own top directory ('.' or './'): nothing to extract
+
+
 def safe_name(archive: str, member: tarfile.TarInfo) -> str:
-    """The member's name, normalised ('./a' -> 'a'); HostileArchive if it could escape or mislead."""
+    """The member's name, normalised ('./a' -> 'a', './' -> TOP); HostileArchive if it could escape
+    or mislead. A backslash is an ordinary character on POSIX, as GNU tar treats it."""
     raw = member.name
     if raw == "" or _CONTROL.search(raw):
         raise HostileArchive(archive, raw, "empty name or control characters in the name")
-    if raw.startswith(("/", "\\")):
+    if raw.startswith("/"):
         raise HostileArchive(archive, raw, "absolute path")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if not parts:
-        raise HostileArchive(archive, raw, "name is only '.' or '/'")
+        if member.isdir() and raw.startswith("."):  # `tar -cf x.tar -C dir .` writes './' first
+            return TOP
+        raise HostileArchive(archive, raw, "a file named only '.' or '/' would be the target itself")
     if any(p == ".." for p in parts):
         raise HostileArchive(archive, raw, "'..' in the path escapes the target directory")
     if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
@@ -73,6 +79,14 @@ def check_member(archive: str, member: tarfile.TarInfo, library_filter: bool = T
         tarfile.data_filter(member, _FILTER_DEST)
     except tarfile.FilterError as e:
         raise HostileArchive(archive, member.name, f"refused by tarfile's data filter: {e}") from e
+    return name
+
+
+def outer_name(member: tarfile.TarInfo) -> str:
+    """A top-level member's name without the './' that `tar -C dir .` puts in front."""
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
     return name
 
 

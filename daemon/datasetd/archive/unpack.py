@@ -25,7 +25,16 @@ from typing import IO, cast
 from isal import igzip, isal_zlib
 
 from datasetd.archive.digest import hash_file
-from datasetd.archive.tarsafe import CLASS_TAR_RE, HashingReader, Readable, TailCheck, check_member, open_stream
+from datasetd.archive.tarsafe import (
+    CLASS_TAR_RE,
+    TOP,
+    HashingReader,
+    Readable,
+    TailCheck,
+    check_member,
+    open_stream,
+    outer_name,
+)
 from datasetd.core.model import CHUNK, FLAT, FileRecord, Origin, UnitIndex
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError, TemporaryError
 from datasetd.state.fswalk import list_files
@@ -97,7 +106,7 @@ def _index_class_tars(reader: HashingReader, archive: str, digests: frozenset[st
         for member in outer:
             if member.isdir():
                 continue
-            match = CLASS_TAR_RE.fullmatch(member.name)
+            match = CLASS_TAR_RE.fullmatch(outer_name(member))
             if member.isreg() and not member.name.endswith(".tar") and not units:
                 # The first member is a plain file: a flat tar (a val or devkit tar), not a tar of class tars.
                 raise PermanentError(f"{archive}: first member {member.name[:80]!r} is a plain file, so this is a "
@@ -178,6 +187,8 @@ def _tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, i
     names: set[str] = set()
     for m in tf:
         rel = check_member(label, m)
+        if rel == TOP:
+            continue
         if rel in names:
             raise HostileArchive(label, m.name, "duplicate member name")
         names.add(rel)
@@ -252,6 +263,8 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
         with tf:
             for member in tf:
                 rel = check_member(label, member, library_filter=False)
+                if rel == TOP:
+                    continue
                 if rel in seen:
                     raise HostileArchive(label, member.name, "duplicate member name")
                 seen.add(rel)
@@ -399,7 +412,7 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
             for member in tf:
                 rel = check_member(label, member, library_filter=False)
                 if member.isdir():
-                    dirs += 1
+                    dirs += rel != TOP
                     continue
                 src = tf.extractfile(member)
                 assert src is not None

@@ -204,12 +204,12 @@ def _root(top: Reader, manifest_path: Path) -> Path:
     if str(root).startswith("//"):  # POSIX leaves a leading `//` implementation-defined; on Linux it is `/`
         root = Path("/" + str(root).lstrip("/"))
     # Resolved once, here: root may be a symlink, but nothing below it may be (state/safedir.py).
-    root = Path(os.path.realpath(root))
-    if root == Path("/") or (root.parent == Path("/") and root.name in _SYSTEM_DIRS):
-        raise ManifestError(
-            top.file, "root", f"{root} is a system directory", "use a dedicated data directory"
-        )
-    return root
+    for candidate in (root, Path(os.path.realpath(root))):  # /bin is a link to /usr/bin
+        if candidate == Path("/") or (candidate.parent in (Path("/"), Path("/usr")) and candidate.name in _SYSTEM_DIRS):
+            raise ManifestError(
+                top.file, "root", f"{root} is a system directory", "use a dedicated data directory"
+            )
+    return Path(os.path.realpath(root))
 
 
 _SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib64", "proc", "run", "sbin", "sys", "usr", "var"}
