@@ -101,6 +101,7 @@ class CorruptArchive(PermanentError):
 class UnsafePath(PermanentError):
     def __init__(self, path: str, what: str) -> None:
         self.path = path
+        self.what = what
         super().__init__(
             f"{path}: {what} where datasetd expects its own directory; nothing was written through it: "
             "replace it with a real directory (or remove it) and run again"

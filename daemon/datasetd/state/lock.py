@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from datasetd.config.manifest import STATE_DIR
-from datasetd.errors import UsageError
+from datasetd.errors import UnsafePath, UsageError
 from datasetd.state.safedir import check_own_dir
 
 LOCK_NAME = "lock"
@@ -145,11 +145,16 @@ class RootLock:
             check_own_dir(self.path.parent, make=True)
             # os.open descriptors are close-on-exec (PEP 446) but survive fork.
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except UnsafePath as exc:
+            if exc.what.startswith("a symlink"):
+                raise UsageError(str(exc)) from None
+            problem = exc.what
         except OSError as exc:
-            raise UsageError(
-                f"{self.path}: cannot create the lock file ({exc.strerror}); "
-                "make root writable for this user (under systemd: ReadWritePaths=)"
-            ) from None
+            problem = str(exc.strerror)
+        raise UsageError(
+            f"{self.path}: cannot create the lock file ({problem}); "
+            "make root writable for this user (under systemd: ReadWritePaths=)"
+        )
 
     def _record_holder(self) -> None:
         # Only for the other side's error message: no fsync, a crash loses nothing that matters.
