@@ -213,19 +213,21 @@ class JournalDB:
 
 
 
-def damage(path: Path) -> str | None:
-    """Why the SQLite file at `path` cannot be trusted, or None when `PRAGMA quick_check` passes."""
+def damage(path: Path, writer: bool = False) -> str | None:
+    """Why the SQLite file at `path` cannot be trusted, or None when `PRAGMA quick_check` passes.
+
+    The `writer` (holding the root's lock) opens it read-write, so SQLite recovers the WAL a killed
+    run left; a reader's view of a hot WAL may be stale, never a reason to move the journal aside.
+    Only "not a database" or "malformed" is damage: a busy, locked or unreadable file is not."""
     try:
-        db = _connect_read_only(path)
-    except sqlite3.Error as e:
-        return str(e)
-    try:
+        db = (sqlite3.connect(path, isolation_level=None) if writer else _connect_read_only(path))
         rows = db.execute("PRAGMA quick_check").fetchall()
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        db.close()
+    except sqlite3.OperationalError:
+        return None  # not a verdict on the bytes: opening it for real reports this error
     except sqlite3.DatabaseError as e:
         return str(e)
-    finally:
-        db.close()
     return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
 
 
@@ -243,7 +245,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 def _open_checked(path: Path) -> sqlite3.Connection:
     """Connect to the journal, first moving a damaged one aside so a fresh one is rebuilt."""
-    if path.exists() and (problem := damage(path)) is not None:
+    if path.exists() and (problem := damage(path, writer=True)) is not None:
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
         for suffix in ("", "-wal", "-shm"):
             # rename, never unlink: the damaged file stays for a post-mortem. No fsync: a crash
