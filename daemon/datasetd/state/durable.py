@@ -35,7 +35,9 @@ def save_file(path: Path, mode: str = "w") -> Iterator[IO[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+        # surrogateescape: digest lists name non-UTF-8 files by their exact bytes, as sha256sum reads them
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8",
+                       errors=None if "b" in mode else "surrogateescape") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -66,7 +68,8 @@ def write_text_fast(path: Path, text: str, mode: int | None = None, group_of: Pa
             share_with_group(fd, group_of)
         if mode is not None:
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # surrogateescape: a digest list names non-UTF-8 files by their exact bytes, as sha256sum reads them
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -174,18 +174,18 @@ class JournalDB:
     def files(self, component: str, unit: str) -> list[FileRecord]:
         rows = self.db.execute("SELECT name, size, sha256 FROM file WHERE component=? AND unit=?",
                                (component, unit))
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(_name_out(r[0]), r[1], r[2]) for r in rows]
 
     def file_sizes(self, component: str, unit: str) -> dict[str, int]:
         rows = self.db.execute("SELECT name, size FROM file WHERE component=? AND unit=?", (component, unit))
-        return dict(rows.fetchall())
+        return {_name_out(name): size for name, size in rows}
 
     def record_extracted(self, component: str, unit: str, archive_sha256: str,
                          files: list[FileRecord]) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
             db.executemany("INSERT INTO file VALUES (?,?,?,?,?)",
-                           [(component, unit, n, s, d) for n, s, d in files])
+                           [(component, unit, _name_in(n), s, d) for n, s, d in files])
             db.execute("INSERT OR REPLACE INTO unit VALUES (?,?,?,?,?,?,?)",
                        (component, unit, archive_sha256, Journal.EXTRACTED.value, len(files),
                         sum(f[1] for f in files), time.time()))
@@ -211,6 +211,22 @@ class JournalDB:
         self.db.execute("INSERT INTO step (at, component, unit, action, outcome, detail) VALUES (?,?,?,?,?,?)",
                         (time.time(), component, unit, action, outcome, detail))
 
+
+
+def _name_in(name: str) -> str | bytes:
+    """A member name as stored: text when it is valid UTF-8, else its exact bytes (a BLOB).
+
+    Names that are not UTF-8 reach us as surrogate escapes (tarfile and os both use them);
+    SQLite cannot store a lone surrogate as TEXT, and the bytes are what the file is called."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape")
+    return name
+
+
+def _name_out(stored: str | bytes) -> str:
+    return stored.decode("utf-8", "surrogateescape") if isinstance(stored, bytes) else stored
 
 
 def damage(path: Path, writer: bool = False) -> str | None:
