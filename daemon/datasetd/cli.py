@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(json=fmt, level=args.log_level)
+    level = args.log_level
+    if _live_progress(args):
+        # The display shows what the per-unit info lines would: keep only warnings and errors above it.
+        fmt, level = False, "warning" if level == "info" else level
+    logs.configure(json=fmt, level=level)
     try:
         return _dispatch(args)
     except DatasetdError as e:
@@ -133,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("datasetd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _live_progress(args: argparse.Namespace) -> bool:
+    """apply on a terminal, unless JSON logs were asked for."""
+    return bool(args.verb == "apply" and args.log_format != "json" and sys.stderr.isatty())
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -146,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "plan":
         return commands.plan(manifest, as_json=args.json)
     if args.verb == "apply":
-        return commands.apply(manifest, workers=args.workers)
+        return commands.apply(manifest, workers=args.workers, progress=_live_progress(args))
     if args.verb == "status":
         return commands.status(manifest, as_json=args.json, watch=args.watch)
     if args.verb == "verify":

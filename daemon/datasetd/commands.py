@@ -23,6 +23,7 @@ from datasetd.core.summary import summarize
 from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
+from datasetd.service import console
 from datasetd.service.hooks import Hooks, last_phases
 from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
@@ -154,11 +155,15 @@ def _h(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Source] | None = None) -> int:
+def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Source] | None = None,
+          progress: bool = False) -> int:
+    """`progress`: a live display per component on the terminal (service/console.py)."""
     stop = threading.Event()
     with RootLock(manifest.root), _ctrl_c_stops(stop):
         hooks = Hooks(manifest, last_phases(manifest))
-        outcome = run_apply(manifest, workers=workers, sources=sources, stop=stop)
+        board = StatusBoard(manifest)
+        with console.live(board if progress else None):
+            outcome = run_apply(manifest, workers=workers, sources=sources, stop=stop, board=board)
         hooks.run(outcome)
     if outcome.stopped:
         print("datasetd: interrupted; run apply again to resume where it stopped", file=sys.stderr)
@@ -189,10 +194,11 @@ def _ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
 
 
 def run_apply(manifest: Manifest, workers: int | None = None,
-              sources: dict[str, Source] | None = None, stop: threading.Event | None = None) -> Outcome:
+              sources: dict[str, Source] | None = None, stop: threading.Event | None = None,
+              board: StatusBoard | None = None) -> Outcome:
     journal = open_journal(manifest)
     srcs = sources if sources is not None else make_sources(manifest)
-    board = StatusBoard(manifest)
+    board = board or StatusBoard(manifest)
     try:
         return Executor(manifest, journal, board, workers=workers, sources=srcs, stop=stop).run()
     except KeyboardInterrupt:
@@ -306,6 +312,8 @@ def render_status(snap: dict[str, Any]) -> str:
         if c.get("eta_seconds"):
             extra += f" eta {int(c['eta_seconds'])}s"
         lines.append(f"  {name:<14} {c['phase']:<10} [{bar}] {frac * 100:5.1f}%{extra}")
+        if c.get("retry"):
+            lines.append(f"  {'':<14} {c['retry']}")
         if c.get("last_error"):
             lines.append(f"  {'':<14} error: {c['last_error']}")
     return "\n".join(lines)

@@ -258,6 +258,8 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - classify decides; nothing escapes unlogged
             self._failed_step(action, exc)
         else:
+            if self._state(key).attempts:
+                self.board.update(action.component, retry=None)  # the retry worked: stop saying it is pending
             self._set(key, attempts=0, verified_at=time.monotonic() if verified else None)
         self._refresh(action)
         if isinstance(action, IndexArchive) and self._state(key).failed is None:
@@ -275,7 +277,12 @@ class Executor:
         attempts = self._state(action.key).attempts + 1
         if isinstance(err, TemporaryError) and attempts < MAX_ATTEMPTS:
             self._set(action.key, attempts=attempts, retry_at=time.monotonic() + err.delay)
-            self.log.warning("step.retrying", component=action.component, step=action.kind,
+            # The words a user reads in status, on the page and on the console, e.g.
+            # "retrying in 60 s (attempt 2 of 3): Name or service not known".
+            said = f"retrying in {err.delay:.3g} s (attempt {attempts + 1} of {MAX_ATTEMPTS}): {err}"
+            self.board.update(action.component, retry=said)
+            self.board.write(force=True)  # rare, and what a user looking now must see
+            self.log.warning("step.retrying", component=action.component, step=action.kind, message=said,
                              delay=err.delay, attempt=attempts + 1, attempts=MAX_ATTEMPTS, error=str(err))
             self.journal.step(action.component, action.key[1], action.kind, "retry", str(err))
             return

@@ -178,6 +178,8 @@ def _component(name: str, c: Mapping[str, Any], events: list[dict[str, Any]]) ->
     if detail.get("health") or detail.get("hint"):
         out.append(f'<p class="health">torrent health <b>{_e(detail.get("health", ""))}</b>'
                    f'{": " + _e(detail["hint"]) if detail.get("hint") else ""}</p>')
+    if c.get("retry"):
+        out.append(f'<p class="retry">{_e(c["retry"])}</p>')
     if c.get("last_error"):
         error = str(c["last_error"])
         found = _KEY_RE.search(error)

@@ -8,7 +8,8 @@ Schema 1:
       "phase": "pending" | "fetching" | "unpacking" | "verifying" | "ready" | "error" | "disabled",
       "bytes_done": int, "bytes_total": int, "files_done": int, "files_total": int,
       "classes_done": int, "classes_total": int, "rate": float (bytes/s), "eta_seconds": float | null,
-      "last_error": str | null, "detail": {...transport detail: url, peers, health, hint}}},
+      "last_error": str | null, "retry": str | null (a pending retry, in words),
+      "detail": {...transport detail: url, peers, health, hint}}},
   written by `datasetd run` only (StatusBoard.extra), each present only when it applies:
   "manifest_error": str   an edited manifest was rejected (key path, TOML line/column); the last good one runs,
   "pass_error": str       the last reconcile pass raised before finishing (e.g. no space),
@@ -52,6 +53,7 @@ class ComponentStatus:
     rate: float = 0.0
     eta_seconds: float | None = None
     last_error: str | None = None
+    retry: str | None = None  # "retrying in 60 s (attempt 2 of 3): <why>" while a retry is pending
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,6 +121,8 @@ class StatusBoard:
             for key, value in fields.items():
                 setattr(status, key, value)
             status.phase = _forward(status.phase, phase)
+            if status.phase in ("ready", "disabled", "error"):
+                status.retry = None
             if status.phase in ("ready", "disabled"):
                 status.rate, status.eta_seconds = 0.0, None
             elif "bytes_done" in fields:

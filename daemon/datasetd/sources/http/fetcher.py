@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import structlog
 
 from datasetd import logs
 from datasetd.archive.digest import hash_file, mismatch
@@ -110,7 +111,10 @@ def fetch_url_to(url: str, dest: Path, *, max_bytes: int, env: Mapping[str, str]
     src = HttpSource(url=url, file=dest, auth=auth, connections=1, stall_timeout=stall_timeout)
     opts = HttpFetcher(env=env, retry_base=retry_base, retry_max=retry_max, max_attempts=max_attempts)
     pins = _Pins(None, None, None, max_bytes=max_bytes)
-    _Download(opts, dest.name, src, pins, lambda _p: None, stop or threading.Event()).run()
+    # Events name the component the file is for (bound by the caller, e.g. the torrent source
+    # fetching a .torrent), not the temporary file.
+    component = structlog.contextvars.get_contextvars().get("component") or dest.name
+    _Download(opts, str(component), src, pins, lambda _p: None, stop or threading.Event()).run()
     return dest
 
 

@@ -28,6 +28,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+
 from datasetd.config.manifest import Component, Manifest, TorrentSettings, TorrentSource
 from datasetd.errors import PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, ProgressFn
@@ -109,7 +111,8 @@ class TorrentFetcher:
                     raise PermanentError(f"components.{c.name}.torrent: {redact_url(url)} needs an HTTP "
                                          "fetcher and none was given; download the .torrent and give its path")
                 tmp = cached.with_suffix(".part")
-                self.fetch_url(url, tmp)
+                with structlog.contextvars.bound_contextvars(component=c.name):  # its events name c
+                    self.fetch_url(url, tmp)
                 _check_torrent(c, tmp, redact_url(url))
                 # Rename only a .torrent that parses: a crash before it leaves no half-file to trust.
                 os.replace(tmp, cached)
