@@ -31,7 +31,8 @@ from datasetd.state import status as status_mod
 from datasetd.state.access import share_state
 from datasetd.state.journal import JOURNAL_NAME, JournalDB, damage
 from datasetd.state.lock import RootLock, held_elsewhere
-from datasetd.state.observe import observe, space_report
+from datasetd.state.observe import observe
+from datasetd.state.space import space_report
 from datasetd.state.status import StatusBoard
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C

@@ -1,6 +1,6 @@
 """What a plan costs: space and inodes until convergence, bytes read and written.
 
-Pure, like the planner it reads; `state.observe.space_report` sets these needs
+Pure, like the planner it reads; `state.space.space_report` sets these needs
 against the filesystems' free space, `datasetd plan` prints both.
 """
 

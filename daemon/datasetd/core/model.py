@@ -60,6 +60,9 @@ class UnitState:
     intact: bool = False  # folder's names and sizes equal the journal's record
     arranged: bool = False  # a flat tree's records are `<wnid>/<name>`: its files were moved by class
     arranging: bool = False  # a move plan is on disk: an arrangement started and was not recorded
+    # a fresh fingerprint of the folder's directories, from a listing that found it intact, when the
+    # journal's is missing or stale: the executor records it so the next observation is one stat a dir
+    dirs_seen: str | None = None
 
     @property
     def name(self) -> str:

@@ -40,7 +40,8 @@ from datasetd.engine.steps import STEPS, Hands
 from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
 from datasetd.state.journal import JournalDB
-from datasetd.state.observe import observe, observe_component, observe_unit, space_report
+from datasetd.state.observe import observe, observe_component, observe_unit
+from datasetd.state.space import check_space, still_needed
 from datasetd.state.status import StatusBoard
 
 MAX_ATTEMPTS = 3
@@ -100,6 +101,7 @@ class Executor:
         self._last_progress = time.monotonic()
         self._new: tuple[Manifest, Mapping[str, Source] | None] | None = None
         self._pools_by_place: dict[str, cf.Executor] = {}
+        self.futures_started = 0  # steps started in this run (none: a no-op)
 
     def reload(self, manifest: Manifest, sources: Mapping[str, Source] | None = None) -> None:
         """Switch to an edited manifest at the next step boundary (thread-safe).
@@ -146,6 +148,7 @@ class Executor:
         observed = observe(self.manifest, self.journal)
         check_space(self.manifest, observed)
         self.observed = dict(observed.components)
+        self._keep_fingerprints()
         with self._pools() as pools:
             self._pools_by_place = pools
             try:
@@ -156,6 +159,17 @@ class Executor:
                 self._drain_on_stop()
                 self._commit(force=True)
         return self._outcome()
+
+    def _keep_fingerprints(self, fresh: bool = False) -> None:
+        """Record the directory fingerprints an observation took, so the next no-op is one stat a dir.
+
+        `fresh`: observe again first (after a pass that wrote, the fingerprints taken right after
+        each extraction were too recent to keep)."""
+        observed = observe(self.manifest, self.journal).components if fresh else self.observed
+        for name, state in observed.items():
+            seen = {u.name: u.dirs_seen for u in state.units if u.dirs_seen is not None and u.intact}
+            if seen:
+                self.journal.record_dirs(name, seen)
 
     @contextlib.contextmanager
     def _pools(self) -> Iterator[dict[str, cf.Executor]]:
@@ -244,6 +258,7 @@ class Executor:
             future.set_exception(exc)
         self._set(action.key, running=action, retry_at=None)
         self.futures[future] = action.key
+        self.futures_started += 1
 
     def _complete(self, future: cf.Future[Any]) -> None:
         key = self.futures.pop(future)
@@ -292,15 +307,7 @@ class Executor:
         self._fail(action, message)
 
     def _space_still_needed(self) -> str:
-        """What the rest of the plan needs where the disk filled up, so the user knows how much to free."""
-        try:
-            report = space_report(space_needs(self.manifest, Observed(self.observed)))
-        except OSError:
-            return ""
-        short = [fs for fs in report if not fs.fits]
-        return "".join(f"; {fs.filesystem} needs {fs.need_bytes:,} bytes and {fs.need_inodes:,} inodes "
-                       f"to finish, {fs.free_bytes:,} bytes and {fs.free_inodes:,} inodes are free"
-                       for fs in short)
+        return still_needed(space_needs(self.manifest, Observed(self.observed)))
 
     def _fail(self, action: Action, message: str) -> None:
         self._set(action.key, failed=message, retry_at=None)
@@ -416,6 +423,8 @@ class Executor:
     def _outcome(self) -> Outcome:
         self._report()
         out = Outcome(stopped=self.stop.is_set(), failed=self.failures())
+        if out.ok and self.futures_started:
+            self._keep_fingerprints(fresh=True)
         for comp in self.manifest.enabled():
             if is_ready(comp, self.observed.get(comp.name)):
                 out.ready.append(comp.name)
@@ -428,15 +437,3 @@ class Executor:
         self.log.info("apply.converged" if out.ok else ("apply.stopped" if out.stopped else "apply.failed"),
                       ready=out.ready, failed=out.failed or None)
         return out
-
-
-def check_space(manifest: Manifest, observed: Observed) -> None:
-    """Refuse to start work that cannot fit (the TFDS pitfall: failing after a day)."""
-    log = logs.get()
-    for fs in space_report(space_needs(manifest, observed)):
-        log.info("space.checked", filesystem=fs.filesystem, need_bytes=fs.need_bytes,
-                 free_bytes=fs.free_bytes, need_inodes=fs.need_inodes, free_inodes=fs.free_inodes)
-        if fs.need_bytes > fs.free_bytes:
-            raise NoSpace(fs.filesystem, fs.need_bytes - fs.free_bytes, fs.free_bytes)
-        if fs.need_inodes > fs.free_inodes:
-            raise NoSpace(fs.filesystem, fs.need_inodes - fs.free_inodes, fs.free_inodes, "inodes")

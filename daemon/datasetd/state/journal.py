@@ -51,7 +51,10 @@ CREATE TABLE IF NOT EXISTS step (
 
 # _MIGRATIONS[i] takes a journal from generation i to i + 1. Generation 0 is an empty file or a
 # journal written before generations existed (same tables: CREATE IF NOT EXISTS keeps them).
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_1,)
+# Generation 2: each unit keeps the fingerprint of its directories (state/fswalk.py) from the last
+# listing that found it intact, so a no-op apply stats directories, not files.
+_DIRS_2 = "ALTER TABLE unit ADD COLUMN dirs TEXT;"
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_1, _DIRS_2)
 GENERATION = len(_MIGRATIONS)
 JOURNAL_NAME = "journal.sqlite"
 
@@ -74,6 +77,7 @@ class UnitRow:
     archive_sha256: str
     files: int
     bytes: int
+    dirs: str | None = None  # fingerprint of the unit's directories when last found intact
 
 
 class JournalDB:
@@ -168,8 +172,8 @@ class JournalDB:
 
     def units(self, component: str) -> dict[str, UnitRow]:
         rows = self.db.execute(
-            "SELECT unit, state, archive_sha256, files, bytes FROM unit WHERE component=?", (component,))
-        return {r[0]: UnitRow(Journal(r[1]), r[2], r[3], r[4]) for r in rows}
+            "SELECT unit, state, archive_sha256, files, bytes, dirs FROM unit WHERE component=?", (component,))
+        return {r[0]: UnitRow(Journal(r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
     def files(self, component: str, unit: str) -> list[FileRecord]:
         rows = self.db.execute("SELECT name, size, sha256 FROM file WHERE component=? AND unit=?",
@@ -186,7 +190,8 @@ class JournalDB:
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
             db.executemany("INSERT INTO file VALUES (?,?,?,?,?)",
                            [(component, unit, _name_in(n), s, d) for n, s, d in files])
-            db.execute("INSERT OR REPLACE INTO unit VALUES (?,?,?,?,?,?,?)",
+            db.execute("INSERT OR REPLACE INTO unit (component, unit, archive_sha256, state, files, bytes, at) "
+                       "VALUES (?,?,?,?,?,?,?)",
                        (component, unit, archive_sha256, Journal.EXTRACTED.value, len(files),
                         sum(f[1] for f in files), time.time()))
 
@@ -195,6 +200,13 @@ class JournalDB:
         with self._tx(durable=True) as db:
             db.executemany("UPDATE unit SET state=?, at=? WHERE component=? AND unit=?",
                            [(Journal.VERIFIED.value, time.time(), component, u) for u in units])
+
+    def record_dirs(self, component: str, fingerprints: dict[str, str]) -> None:
+        """Keep directory fingerprints of units just found intact. Not durable: a lost update only
+        means the next no-op lists those units' files again."""
+        with self._tx() as db:
+            db.executemany("UPDATE unit SET dirs=? WHERE component=? AND unit=?",
+                           [(fp, component, unit) for unit, fp in fingerprints.items()])
 
     def forget_unit(self, component: str, unit: str) -> None:
         with self._tx() as db:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core import arrangement
-from datasetd.core.costs import Need
 from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Observed, UnitIndex, UnitState
 from datasetd.core.planning import unit_paths
-from datasetd.state.fswalk import list_files
+from datasetd.state.fswalk import list_files, unchanged_since
 from datasetd.state.journal import ArchiveRow, JournalDB, UnitRow
 from datasetd.state.safedir import check_own_dir
 
@@ -63,12 +62,22 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
                 loose, loose_ok = candidate.name, st.st_size == idx.size
                 break
     state = row.state if row is not None and row.archive_sha256 == archive_sha else Journal.NONE
-    recorded = journal.file_sizes(comp.name, idx.name) if folder and state is not Journal.NONE else {}
-    intact = folder and state is not Journal.NONE and _intact(paths.folder, recorded)
-    arranged = comp.arrange is not None and arrangement.arranged(recorded)
+    recorded: dict[str, int] | None = None
+
+    def sizes() -> dict[str, int]:  # read once, and only when a listing or the arrangement needs it
+        nonlocal recorded
+        if recorded is None:
+            recorded = journal.file_sizes(comp.name, idx.name)
+        return recorded
+
+    intact, seen = False, None
+    if folder and state is not Journal.NONE:
+        assert row is not None
+        intact, seen = _intact(paths.folder, row, sizes)
+    arranged = comp.arrange is not None and folder and state is not Journal.NONE and arrangement.arranged(sizes())
     arranging = comp.arrange is not None and os.path.lexists(paths.arrange_plan)
     return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder,
-                     journal=state, intact=intact, arranged=arranged, arranging=arranging)
+                     journal=state, intact=intact, arranged=arranged, arranging=arranging, dirs_seen=seen)
 
 
 def loose_tar_names(comp: Component) -> frozenset[str]:
@@ -84,9 +93,14 @@ def loose_tar_names(comp: Component) -> frozenset[str]:
     return frozenset(names)
 
 
-def _intact(folder: Path, recorded: dict[str, int]) -> bool:
+def _intact(folder: Path, row: UnitRow, recorded: Callable[[], dict[str, int]]) -> tuple[bool, str | None]:
+    """(names and sizes as recorded, a new fingerprint to keep). An unchanged fingerprint proves the
+    member set with one stat per directory; sizes changed in place are deep verification's to find."""
+    if row.dirs is not None and unchanged_since(folder, row.dirs):
+        return True, None
     listing = list_files(folder)
-    return not listing.problems and listing.files == recorded
+    intact = not listing.problems and listing.files == recorded()
+    return intact, listing.fingerprint() if intact else None
 
 
 def _lstat_file(path: Path) -> os.stat_result | None:
@@ -108,54 +122,3 @@ def _pins_ok(comp: Component, row: ArchiveRow) -> bool:
     return ((comp.sha256 is None or comp.sha256 == row.sha256)
             and (comp.md5 is None or comp.md5 == row.md5)
             and (comp.size is None or comp.size == row.size))
-
-
-# ---- free space ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shortfall:
-    filesystem: str
-    need_bytes: int
-    free_bytes: int
-    need_inodes: int
-    free_inodes: int
-    inodes_known: bool
-
-    @property
-    def fits(self) -> bool:
-        return self.need_bytes <= self.free_bytes and self.need_inodes <= self.free_inodes
-
-
-def space_report(needs: list[Need]) -> list[Shortfall]:
-    """Needs summed per filesystem, beside what it has free."""
-    by_fs: dict[int, list[Need]] = {}
-    mounts: dict[int, str] = {}
-    for need in needs:
-        existing = _existing_ancestor(need.path)
-        dev = existing.stat().st_dev
-        by_fs.setdefault(dev, []).append(need)
-        mounts.setdefault(dev, _mount_point(existing))
-    out = []
-    for dev, group in by_fs.items():
-        vfs = os.statvfs(mounts[dev])
-        out.append(Shortfall(
-            filesystem=mounts[dev], need_bytes=sum(n.bytes for n in group),
-            free_bytes=vfs.f_bavail * vfs.f_frsize, need_inodes=sum(n.inodes for n in group),
-            free_inodes=vfs.f_favail if vfs.f_files else 2**62,  # filesystems without inode limits
-            inodes_known=all(n.inodes_known for n in group)))
-    return out
-
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _mount_point(path: Path) -> str:
-    path = path.resolve()
-    dev = path.stat().st_dev
-    while path != path.parent and path.parent.stat().st_dev == dev:
-        path = path.parent
-    return str(path)
