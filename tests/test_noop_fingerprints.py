@@ -18,7 +18,8 @@ from conftest import WNIDS, Dataset, make_tar, sha256, tree_digest, write_manife
 
 def _fingerprinted(root: Path) -> dict[str, bool]:
     with sqlite3.connect(root / ".datasetd" / "journal.sqlite") as db:
-        return {f"{c}/{u}": d is not None for c, u, d in db.execute("SELECT component, unit, dirs FROM unit")}
+        return {f"{c}/{u}": d is not None for c, u, d in db.execute(
+            "SELECT u.component, u.unit, d.dirs FROM unit u LEFT JOIN unit_dirs d USING (component, unit)")}
 
 
 def _converge_twice(dataset: Dataset) -> list[tuple[str, str, str, str]]:

@@ -53,7 +53,12 @@ CREATE TABLE IF NOT EXISTS step (
 # journal written before generations existed (same tables: CREATE IF NOT EXISTS keeps them).
 # Generation 2: each unit keeps the fingerprint of its directories (state/fswalk.py) from the last
 # listing that found it intact, so a no-op apply stats directories, not files.
-_DIRS_2 = "ALTER TABLE unit ADD COLUMN dirs TEXT;"
+# (A table of its own rather than a column: CREATE IF NOT EXISTS makes the step idempotent.)
+_DIRS_2 = """
+CREATE TABLE IF NOT EXISTS unit_dirs (
+    component TEXT NOT NULL, unit TEXT NOT NULL, dirs TEXT NOT NULL,
+    PRIMARY KEY (component, unit)) WITHOUT ROWID;
+"""
 _MIGRATIONS: tuple[str, ...] = (_SCHEMA_1, _DIRS_2)
 GENERATION = len(_MIGRATIONS)
 JOURNAL_NAME = "journal.sqlite"
@@ -172,7 +177,8 @@ class JournalDB:
 
     def units(self, component: str) -> dict[str, UnitRow]:
         rows = self.db.execute(
-            "SELECT unit, state, archive_sha256, files, bytes, dirs FROM unit WHERE component=?", (component,))
+            "SELECT u.unit, u.state, u.archive_sha256, u.files, u.bytes, d.dirs FROM unit u "
+            "LEFT JOIN unit_dirs d ON d.component=u.component AND d.unit=u.unit WHERE u.component=?", (component,))
         return {r[0]: UnitRow(Journal(r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
     def files(self, component: str, unit: str) -> list[FileRecord]:
@@ -188,6 +194,7 @@ class JournalDB:
                          files: list[FileRecord]) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
+            db.execute("DELETE FROM unit_dirs WHERE component=? AND unit=?", (component, unit))
             db.executemany("INSERT INTO file VALUES (?,?,?,?,?)",
                            [(component, unit, _name_in(n), s, d) for n, s, d in files])
             db.execute("INSERT OR REPLACE INTO unit (component, unit, archive_sha256, state, files, bytes, at) "
@@ -205,12 +212,13 @@ class JournalDB:
         """Keep directory fingerprints of units just found intact. Not durable: a lost update only
         means the next no-op lists those units' files again."""
         with self._tx() as db:
-            db.executemany("UPDATE unit SET dirs=? WHERE component=? AND unit=?",
-                           [(fp, component, unit) for unit, fp in fingerprints.items()])
+            db.executemany("INSERT OR REPLACE INTO unit_dirs VALUES (?,?,?)",
+                           [(component, unit, fp) for unit, fp in fingerprints.items()])
 
     def forget_unit(self, component: str, unit: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM unit WHERE component=? AND unit=?", (component, unit))
+            db.execute("DELETE FROM unit_dirs WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
 
     # ---- steps: the record of work done, so a no-op can be proved ------------------------
