@@ -1,4 +1,4 @@
-"""Row 7: the no-op apply at ImageNet scale — a converged tree of ~1 M empty files in 1,000 classes.
+"""Row 8: the no-op apply at ImageNet scale — a converged tree of ~1 M empty files in 1,000 classes.
 
 The tree is made the way a user's would be: datasetd applies a tar of class tars of empty
 files (cheap to generate: headers only), then converges once more, which keeps each class
@@ -39,7 +39,7 @@ def noop_rows(ctx: object, base: Path, files: int, classes: int, reps: int, cold
     first = measure.run("datasetd-noop-first", bl.datasetd_apply(manifest), cold=False, log=logs / "noop-first.log",
                         timeout=7200)
     if first.rc != 0:
-        raise RuntimeError(f"row 7: the first apply failed (exit {first.rc}); see {logs / 'noop-first.log'}")
+        raise RuntimeError(f"row 8: the first apply failed (exit {first.rc}); see {logs / 'noop-first.log'}")
     time.sleep(1.5)  # past the racy window: the next no-op keeps every class's fingerprint
     measure.run("datasetd-noop-settle", bl.datasetd_apply(manifest), cold=False, log=logs / "noop-settle.log")
     runs: dict[bool, list[measure.Run]] = {True: [], False: []}
@@ -53,7 +53,7 @@ def noop_rows(ctx: object, base: Path, files: int, classes: int, reps: int, cold
     for c, got in runs.items():
         if not got:
             continue
-        row = absolute_row(f"7 no-op apply, converged tree of {files:,} files / {classes:,} classes "
+        row = absolute_row(f"8 no-op apply, converged tree of {files:,} files / {classes:,} classes "
                            f"({'cold' if c else 'warm'}), x{scale:.2f} -> ILSVRC2012", got, TARGET_S / scale)
         row["projected_ilsvrc2012_s"] = round(sorted(r.seconds for r in got)[len(got) // 2] * scale, 2)
         row["target"] = f"< {TARGET_S} s projected"

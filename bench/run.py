@@ -38,10 +38,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dir", type=Path, default=Path(env("DATASETD_BENCH_DIR", "/var/tmp/datasetd-bench")),
                    help="where data sets and work trees go (outside the repository)")
     p.add_argument("--reps", type=int, default=int(env("DATASETD_BENCH_REPS", "3")))
-    p.add_argument("--rows", default=env("DATASETD_BENCH_ROWS", "1,2,3,4,5,6,7"),
+    p.add_argument("--rows", default=env("DATASETD_BENCH_ROWS", "1,2,3,4,5,6,7,8"),
                    help="comma list of rows; 1 and 2 share their runs, 6 needs 1 and 5")
     p.add_argument("--noop-files", type=int, default=int(env("DATASETD_BENCH_NOOP_FILES", "1000000")),
-                   help="row 7: files in the converged tree the no-op apply checks")
+                   help="row 8: files in the converged tree the no-op apply checks")
     p.add_argument("--classes", type=int, default=int(env("DATASETD_BENCH_CLASSES", "100")))
     p.add_argument("--files", type=int, default=int(env("DATASETD_BENCH_FILES", "100")), help="per class")
     p.add_argument("--file-kb", type=int, default=int(env("DATASETD_BENCH_FILE_KB", "100")), help="mean file size")
@@ -142,8 +142,8 @@ def main(argv: list[str]) -> int:
     small = _timed("generating the small set", lambda: gen.ensure(small_spec, args.dir / "data")) \
         if rows_wanted & {"5", "6"} else None
     rows, projection = _run_rows(ctx, rows_wanted, large, small)
-    if "7" in rows_wanted:
-        ctx.say(f"row 7: no-op apply over {args.noop_files:,} files in 1,000 classes")
+    if "8" in rows_wanted:
+        ctx.say(f"row 8: no-op apply over {args.noop_files:,} files in 1,000 classes")
         rows += rows_noop.noop_rows(ctx, args.dir, args.noop_files, 1000, args.reps, cold, logs)
     shutil.rmtree(ctx.work, ignore_errors=True)
     doc = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": info,
