@@ -18,12 +18,21 @@ from conftest import (
     write_manifest,
 )
 from datasetd.demo import build_train
+from datasetd.state.lock import held_elsewhere
 
 WNIDS = [f"n{9000000 + i:08d}" for i in range(48)]
 
 
 def verified_units(root: Path) -> set[str]:
     return journal_units(root, "verified")
+
+
+def _wait_for_workers_to_die(root: Path) -> None:
+    """Workers die with the coordinator (PDEATHSIG), but one blocked in the kernel (a write or a
+    flush on a busy disk) takes the signal only when it returns: wait until the root lock is free."""
+    deadline = time.monotonic() + 60
+    while held_elsewhere(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def check_invariant(train: Path, reference: dict[str, dict[str, str]], root: Path) -> None:
@@ -55,19 +64,25 @@ sha256 = "{sha256(outer)}"
 unpack = "class-tars"
 into = "train"
 """, workers=2)
-    kills = 0
+    kills = stalled = 0
+    progress = None
     for attempt in range(400):
         proc = subprocess.Popen([*datasetd_cmd(), "--log-format", "json", "apply", str(manifest)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        delay = 0.25 + 0.005 * attempt  # each run gets a little further than the last
+        # Each run gets a little further than the last; on a machine so busy that runs stop making
+        # progress (every kill lands before the first group commit), the window grows faster.
+        delay = 0.25 + 0.005 * attempt + 0.05 * stalled
         try:
             code = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            time.sleep(0.1)  # workers die with the coordinator (PDEATHSIG); let the kernel reap them
+            _wait_for_workers_to_die(root)
             check_invariant(train, reference, root)
+            now = (len(list(train.glob("n*.tar"))), len(list(train.glob("Z_*.tar"))), len(verified_units(root)))
+            stalled = stalled + 1 if now == progress else 0
+            progress = now
             print("killed at", delay, "plain", len(list(train.glob("n*.tar"))), "marked",
                   len(list(train.glob("Z_*.tar"))), "verified", len(verified_units(root)))
             continue

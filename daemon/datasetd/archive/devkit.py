@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import scipy.io
-
 from datasetd.errors import BadDevkit
 
 META_NAMES = ("meta.mat", "meta_clsloc.mat")
@@ -73,6 +71,8 @@ def find_devkit(tree: Path) -> Devkit:
 
 def read_meta(path: Path) -> tuple[tuple[Synset, ...], str]:
     """The leaf classes of a meta.mat / meta_clsloc.mat, in ILSVRC ID order, and the ID field's name."""
+    import scipy.io  # here, not at the top: scipy costs every datasetd start ~0.3 s, and only a devkit needs it
+
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except Exception as e:  # scipy raises ValueError, TypeError, OSError... for a bad file
