@@ -11,6 +11,7 @@ what a single machine needs at best; "copies" is what the seeder sent / SIZE.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import statistics
@@ -63,7 +64,8 @@ def _once(ctx: Ctx, work: Path, data: Path, listed: int, up: int, rep: int) -> t
     torrent = work / "train.torrent"
     work.mkdir(parents=True)
     make_torrent(data, torrent, trackers=[tracker.url])
-    procs = []
+    procs: list[Any] = []
+    readers: list[EventReader] = []
     try:
         with Seeder(torrent, data.parent, upload_limit=RATE, trackers=(tracker.url,)) as seeder:
             start = time.monotonic()
@@ -89,15 +91,13 @@ def _once(ctx: Ctx, work: Path, data: Path, listed: int, up: int, rep: int) -> t
         for p in procs:
             p.wait(30)
         tracker.close()
-        _keep_log(ctx, readers if procs else [], listed, rep)
+        _keep_log(ctx, readers, listed, rep)
         shutil.rmtree(work, ignore_errors=True)
     ctx.say(f"  {up}/{listed} nodes: {seconds:.1f} s, {copies:.2f} copies")
     return seconds, copies
 
 
 def _keep_log(ctx: Ctx, readers: list[EventReader], listed: int, rep: int) -> None:
-    import json
-
     with open(ctx.logs / f"lab-{listed}-{rep}.jsonl", "w") as f:
         for i, r in enumerate(readers):
             for e in r.events:

@@ -67,6 +67,7 @@ EVENTS: dict[str, str] = {
     "torrent.digest_mismatch": "a torrent's finished file failed datasetd's digest; a recheck follows",
     "torrent.resume_saved": "resume data was written",
     "torrent.lab_ranked": "lab fan-out: this node's rank among the lab's addresses and its share of pieces",
+    "torrent.flush_timed_out": "libtorrent did not confirm its disk writes in time; the file is hashed anyway",
     "torrent.lab_redealt": "lab fan-out: the members that are up changed; the down ones' shares went to the others",
     "torrent.lab_phase_started": "lab fan-out: own share done, now taking the pieces lab peers hold",
     "torrent.lab_opened": "lab fan-out: stopped waiting for the lab; every piece is wanted from anyone",

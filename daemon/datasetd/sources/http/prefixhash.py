@@ -21,7 +21,7 @@ from typing import Any
 
 from datasetd.errors import Restart, TemporaryError
 
-QUEUE_CHUNKS = 64  # chunks in flight to the hasher (httpx hands over 64 KiB at a time: ~4 MiB)
+QUEUE_CHUNKS = 16  # chunks in flight to the hasher (each one recv, at most transport.READ_SIZE)
 READ_BACK = 4 << 20  # bytes per pread when the prefix is read back from the part file
 _CLOSE = object()
 

@@ -114,7 +114,6 @@ class Download:
                              f"manifest's pin; check components.{self.c.name}.torrent and its digests")
 
     def _verify(self) -> tuple[Fetched, tuple[str, str, str] | None]:
-        # Flushes libtorrent's disk cache, so every piece it counts is in the file we read.
         self.lease.save_resume(timeout=60.0)
         total = self.file.size if self.file else None
 
@@ -122,7 +121,17 @@ class Download:
             self.progress(FetchProgress(done, total, detail={"health": OK, "phase": "verifying"}))
 
         d = hash_file(self.c.archive, md5=self.c.md5 is not None, stop=self.stop, progress=report)
-        return Fetched(self.c.archive, d.size, d.sha256, d.md5), mismatch(self.c, d)
+        bad = mismatch(self.c, d)
+        if bad is not None:
+            # Pieces that passed libtorrent's check may still sit in its store buffer (a resume
+            # save's flush does not wait for them). Wait for every disk write (flush_cache is a
+            # fence; waiting on it each time costs seconds on a 1 GB file), then read once more
+            # before a full recheck. A digest that matches the pin needs no such wait: it is proof.
+            if not self.lease.flush(timeout=60.0):
+                self.log.warning("torrent.flush_timed_out", timeout=60.0)
+            d = hash_file(self.c.archive, md5=self.c.md5 is not None, stop=self.stop, progress=report)
+            bad = mismatch(self.c, d)
+        return Fetched(self.c.archive, d.size, d.sha256, d.md5), bad
 
     def _recheck(self, reason: str) -> None:
         self.recheck_reason = reason

@@ -108,6 +108,8 @@ class _Entry:
     wanted: set[int] = field(default_factory=set)  # file indices some lease wants
     requested: int = 0  # resume saves asked for
     answered: int = 0  # resume saves libtorrent answered (saved or failed)
+    flushes: int = 0  # cache flushes asked for
+    flushed: int = 0  # cache flushes libtorrent finished (every write before them is in the file)
     seed_until: tuple[float | None, float | None] | None = None  # (ratio, seconds) after the last lease
 
 
@@ -195,6 +197,10 @@ class Lease:
     def save_resume(self, timeout: float) -> bool:
         """Ask for resume data (disk cache flushed first) and wait until it is written."""
         return self._session.save_resume([self._entry], timeout)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every block libtorrent counts as downloaded is written to the file."""
+        return self._session.flush(self._entry, timeout)
 
 
 class Session:
@@ -327,6 +333,17 @@ class Session:
             return self._saved.wait_for(lambda: all(e.answered >= n for e, n in targets),
                                         max(0.0, deadline - time.monotonic()))
 
+    def flush(self, entry: _Entry, timeout: float) -> bool:
+        """flush_cache is a fence behind every pending disk write of the torrent; its alert says the
+        fence passed. (A resume save's flush_disk_cache flag does not wait: its alert can come while
+        passed pieces still sit in libtorrent's store buffer, and a read of the file then differs.)"""
+        with self._lock:
+            entry.flushes += 1
+            n = entry.flushes
+        entry.handle.flush_cache()
+        with self._saved:
+            return self._saved.wait_for(lambda: entry.flushed >= n, timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Save every torrent's resume data, then stop the session."""
         if self.closed:
@@ -395,6 +412,8 @@ class Session:
             self._on_listen(a, name == "listen_succeeded_alert")
         elif name in ("save_resume_data_alert", "save_resume_data_failed_alert"):
             self._on_resume(a, name == "save_resume_data_alert")
+        elif name == "cache_flushed_alert":
+            self._on_flushed(a)
         else:
             event = _event(name, a)
             if event is not None:
@@ -436,6 +455,13 @@ class Session:
         finally:
             with self._saved:
                 entry.answered += 1
+                self._saved.notify_all()
+
+    def _on_flushed(self, a: Any) -> None:
+        entry = self._entry_of(a)
+        if entry is not None:
+            with self._saved:
+                entry.flushed += 1
                 self._saved.notify_all()
 
     def _publish(self, a: Any, event: Event) -> None:
