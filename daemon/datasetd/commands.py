@@ -19,7 +19,7 @@ from datasetd.config.manifest import Manifest
 from datasetd.core.costs import Need, fetch_bytes, space_needs, traffic
 from datasetd.core.model import Action, Observed, TarCount
 from datasetd.core.planning import plan as make_plan
-from datasetd.core.summary import summarize
+from datasetd.core.summary import human_bytes, summarize
 from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
@@ -77,8 +77,9 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
         print("nothing to do: every enabled component is converged")
     for name, c in per_component.items():
         inodes = f"{c['need_inodes']:,} inodes" if c["inodes_known"] else "inodes unknown until indexed"
-        fetch = "an unpinned size" if c["fetch_bytes"] is None else f"{_h(c['fetch_bytes'])} ({c['fetch_bytes']:,} B)"
-        print(f"  {name:<16} fetch {fetch}, needs {_h(c['need_bytes'])} and {inodes}")
+        n = c["fetch_bytes"]
+        fetch = "an unpinned size" if n is None else f"{human_bytes(n)} ({n:,} B)"
+        print(f"  {name:<16} fetch {fetch}, needs {human_bytes(c['need_bytes'])} and {inodes}")
     for key, n in sorted(counts.items()):
         comp, kind = key.split(":")
         print(f"  {comp:<16} {kind:<16} x{n}")
@@ -86,12 +87,12 @@ def plan(manifest: Manifest, as_json: bool = False) -> int:
         reason = getattr(a, "reason", None)
         if reason:
             print(f"  blocked: {reason}")
-    print(f"next steps read {_h(moved.read)}, write {_h(moved.write)}")
+    print(f"next steps read {human_bytes(moved.read)}, write {human_bytes(moved.write)}")
     for fs in report:
         inodes = f"{fs.need_inodes:,} inodes" if fs.inodes_known else "inodes unknown until indexed"
         verdict = "fits" if fs.fits else "DOES NOT FIT"
-        print(f"{fs.filesystem}: needs {_h(fs.need_bytes)} and {inodes}; "
-              f"free {_h(fs.free_bytes)} and {fs.free_inodes:,} inodes: {verdict}")
+        print(f"{fs.filesystem}: needs {human_bytes(fs.need_bytes)} and {inodes}; "
+              f"free {human_bytes(fs.free_bytes)} and {fs.free_inodes:,} inodes: {verdict}")
     if unwritable is not None:
         print(f"root {manifest.root}: NOT WRITABLE ({unwritable}); apply would fail: fix its permissions "
               "or mount, or, under systemd, add it to ReadWritePaths=")
@@ -145,15 +146,6 @@ def _describe(action: Action) -> dict[str, Any]:
     kind = type(action)
     return {"kind": action.kind, "component": action.component, "phase": kind.phase, "runs_in": kind.runs_in,
             **{k: str(v) for k, v in vars(action).items() if k not in ("component", "origin")}}
-
-
-def _h(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Source] | None = None,
@@ -309,7 +301,7 @@ def render_status(snap: dict[str, Any]) -> str:
         if c.get("files_total"):
             extra += f" files {c['files_done']}/{c['files_total']}"
         if c.get("rate"):
-            extra += f" {_h(int(c['rate']))}/s"
+            extra += f" {human_bytes(int(c['rate']))}/s"
         if c.get("eta_seconds"):
             extra += f" eta {int(c['eta_seconds'])}s"
         lines.append(f"  {name:<14} {c['phase']:<10} [{bar}] {frac * 100:5.1f}%{extra}")

@@ -255,29 +255,22 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
     files: list[FileRecord] = []
     dirs = 0
     seen: set[str] = set()
-    with _open_origin(origin) as reader, _reading(label), _decoding(label):
-        # A flat tar may be compressed (class tars inside an archive never are): decompress in the
-        # stream, never into an uncompressed copy on disk.
-        magic = _magic(origin.path) if origin.offset == 0 else b""
-        tf = open_stream(_decompressing(reader, magic), label, compressed=False)
-        with tf:
-            for member in tf:
-                rel = check_member(label, member, library_filter=False)
-                if rel == TOP:
-                    continue
-                if rel in seen:
-                    raise HostileArchive(label, member.name, "duplicate member name")
-                seen.add(rel)
-                if member.isdir():
-                    _mkdirs(partial, rel, label, member.name)
-                    dirs += 1
-                    continue
-                if member.size > expected_bytes:
-                    raise HostileArchive(label, member.name, f"claims {member.size} bytes, more than the "
-                                         f"{expected_bytes} the index counted for the whole unit")
-                files.append(_write_member(tf, member, partial, rel, label, read_back))
-        reader.drain()
-    _check_origin_digest(origin, reader)
+    with _unit_members(origin) as tf:
+        for member in tf:
+            rel = check_member(label, member, library_filter=False)
+            if rel == TOP:
+                continue
+            if rel in seen:
+                raise HostileArchive(label, member.name, "duplicate member name")
+            seen.add(rel)
+            if member.isdir():
+                _mkdirs(partial, rel, label, member.name)
+                dirs += 1
+                continue
+            if member.size > expected_bytes:
+                raise HostileArchive(label, member.name, f"claims {member.size} bytes, more than the "
+                                     f"{expected_bytes} the index counted for the whole unit")
+            files.append(_write_member(tf, member, partial, rel, label, read_back))
     if read_back:
         _check_member_set(partial, files)
     return Extracted(files, dirs, read_back)
@@ -342,6 +335,21 @@ def _open_origin(origin: Origin) -> Iterator[HashingReader]:
         yield HashingReader(raw, origin.size, ("sha256",) if origin.sha256 else ())
 
 
+@contextlib.contextmanager
+def _unit_members(origin: Origin) -> Iterator[tarfile.TarFile]:
+    """The members of a unit's tar, read from its origin; on a clean exit the rest of the origin is
+    drained and its digest checked (a unit is good only if every byte of its tar was)."""
+    label = _label(origin)
+    with _open_origin(origin) as reader, _reading(label), _decoding(label):
+        # A flat tar may be compressed (class tars inside an archive never are): decompress in the
+        # stream, never into an uncompressed copy on disk.
+        magic = _magic(origin.path) if origin.offset == 0 else b""
+        with open_stream(_decompressing(reader, magic), label, compressed=False) as tf:
+            yield tf
+        reader.drain()
+    _check_origin_digest(origin, reader)
+
+
 def _check_origin_digest(origin: Origin, reader: HashingReader) -> None:
     if reader.count != origin.size:
         raise CorruptArchive(_label(origin), f"ended after {reader.count} of {origin.size} bytes")
@@ -403,23 +411,16 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
     label = _label(origin)
     files: list[FileRecord] = []
     dirs = 0
-    with _open_origin(origin) as reader, _reading(label), _decoding(label):
-        # A flat tar may be compressed (class tars inside an archive never are): decompress in the
-        # stream, never into an uncompressed copy on disk.
-        magic = _magic(origin.path) if origin.offset == 0 else b""
-        tf = open_stream(_decompressing(reader, magic), label, compressed=False)
-        with tf:
-            for member in tf:
-                rel = check_member(label, member, library_filter=False)
-                if member.isdir():
-                    dirs += rel != TOP
-                    continue
-                src = tf.extractfile(member)
-                assert src is not None
-                digest = _same_file(src, folder / rel, member.size, hashlib.sha256())
-                files.append((rel, member.size, digest))
-        reader.drain()
-    _check_origin_digest(origin, reader)
+    with _unit_members(origin) as tf:
+        for member in tf:
+            rel = check_member(label, member, library_filter=False)
+            if member.isdir():
+                dirs += rel != TOP
+                continue
+            src = tf.extractfile(member)
+            assert src is not None
+            digest = _same_file(src, folder / rel, member.size, hashlib.sha256())
+            files.append((rel, member.size, digest))
     on_disk = list_files(folder)
     if on_disk.problems or set(on_disk.files) != {f[0] for f in files}:
         raise _Differs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from datasetd.config.manifest import Component
@@ -43,3 +43,31 @@ def summarize(comp: Component, state: ComponentState | None, running: Collection
     else:
         out["phase"] = "pending"
     return out
+
+
+# ---- how the figures read, on the console, the web page and `datasetd plan` ---------------------
+
+
+def human_bytes(n: float) -> str:
+    """1.5 KiB, 3.2 GiB: binary units, one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def figure_parts(c: Mapping[str, Any], of: str, eta: Callable[[float], str]) -> list[str]:
+    """What is known of a component's progress, in order: bytes, files, classes, rate, ETA."""
+    parts = []
+    if c.get("bytes_total"):
+        parts.append(f"{human_bytes(c.get('bytes_done') or 0)}{of}{human_bytes(c['bytes_total'])}")
+    if c.get("files_total"):
+        parts.append(f"{c.get('files_done', 0):,}{of}{c['files_total']:,} files")
+    if c.get("classes_total"):
+        parts.append(f"{c.get('classes_done', 0):,}{of}{c['classes_total']:,} classes")
+    if c.get("rate"):
+        parts.append(f"{human_bytes(c['rate'])}/s")
+    if (c.get("eta_seconds") or 0) >= 1:
+        parts.append(eta(c["eta_seconds"]))
+    return parts

@@ -16,33 +16,16 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
+from datasetd.core.summary import figure_parts
 from datasetd.state.status import StatusBoard
 
 REFRESH = 0.25  # seconds between polls of the board
 FIGURES_MAX = 90  # characters: the bar keeps its width on an 80-column terminal's neighbours
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def figures(c: Mapping[str, Any]) -> str:
     """"1.2 MiB/4.0 MiB · 16/48 files · 4/8 classes · 3.1 MiB/s · ETA 12s": what is known, in that order."""
-    parts = []
-    if c.get("bytes_total"):
-        parts.append(f"{_size(c.get('bytes_done') or 0)}/{_size(c['bytes_total'])}")
-    if c.get("files_total"):
-        parts.append(f"{c.get('files_done', 0):,}/{c['files_total']:,} files")
-    if c.get("classes_total"):
-        parts.append(f"{c.get('classes_done', 0):,}/{c['classes_total']:,} classes")
-    if c.get("rate"):
-        parts.append(f"{_size(c['rate'])}/s")
-    if (c.get("eta_seconds") or 0) >= 1:
-        parts.append(f"ETA {int(c['eta_seconds'])}s")
+    parts = figure_parts(c, "/", lambda s: f"ETA {int(s)}s")
     if c.get("retry"):
         parts.append(str(c["retry"]))
     if c.get("last_error"):

@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 from datasetd import logs
+from datasetd.core.summary import figure_parts
 
 Snapshot = Callable[[], Mapping[str, Any]]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -110,14 +111,6 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def _duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
@@ -161,15 +154,7 @@ def render_components(snap: Mapping[str, Any]) -> str:
 def _component(name: str, c: Mapping[str, Any], events: list[dict[str, Any]]) -> str:
     phase = str(c.get("phase"))
     pct = percent(c)
-    figures = [f"{_size(c.get('bytes_done') or 0)} of {_size(c['bytes_total'])}"] if c.get("bytes_total") else []
-    if c.get("files_total"):
-        figures.append(f"{c.get('files_done', 0):,} of {c['files_total']:,} files")
-    if c.get("classes_total"):
-        figures.append(f"{c.get('classes_done', 0):,} of {c['classes_total']:,} classes")
-    if c.get("rate"):
-        figures.append(f"{_size(c['rate'])}/s")
-    if c.get("eta_seconds"):
-        figures.append(f"ETA {_duration(c['eta_seconds'])}")
+    figures = figure_parts(c, " of ", lambda s: f"ETA {_duration(s)}")
     out = [f'<section class="component phase-{_e(phase)}" id="c-{_e(name)}">',
            f'<h2>{_e(name)} <span class="phase">{_e(phase)}</span> <span class="pct">{pct:.1f}%</span></h2>',
            f'<progress max="100" value="{pct:.1f}">{pct:.1f}%</progress>',
