@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from datasetd import logs
 from datasetd.errors import ManifestError, UsageError
@@ -13,6 +13,7 @@ from datasetd.service.web import WebServer
 from datasetd.state.status import StatusBoard
 
 STATUS_MAX = 240
+S = TypeVar("S")
 
 
 def status_line(snap: Mapping[str, Any]) -> str:
@@ -38,18 +39,24 @@ def _component_line(name: str, c: Mapping[str, Any]) -> str:
     return f"{name} {phase}"
 
 
-def serve_metrics(path: Path, address: str, board: StatusBoard) -> MetricsServer:
-    """Start the endpoint and publish where it listens (port 0 picks one) in status.json as "metrics"."""
+def _listen(path: Path, key: str, address: str, example: str, start: Callable[[str, int], S]) -> S:
+    """Start a server at `[daemon] key = address`; a bad address or a busy port is a one-line error."""
     try:
         host, port = parse_address(address)
     except ValueError:
-        raise ManifestError(str(path), "daemon.metrics", f"{address!r} is not HOST:PORT",
-                            'e.g. metrics = "127.0.0.1:9877"') from None
+        raise ManifestError(str(path), f"daemon.{key}", f"{address!r} is not HOST:PORT",
+                            f'e.g. {key} = "{example}"') from None
     try:
-        server = MetricsServer(host, port, board.snapshot)
+        return start(host, port)
     except OSError as exc:
-        raise UsageError(f"{path}: daemon.metrics: cannot listen on {address} ({exc.strerror}); "
+        raise UsageError(f"{path}: daemon.{key}: cannot listen on {address} ({exc.strerror}); "
                          "choose a free port") from None
+
+
+def serve_metrics(path: Path, address: str, board: StatusBoard) -> MetricsServer:
+    """Start the endpoint and publish where it listens (port 0 picks one) in status.json as "metrics"."""
+    server = _listen(path, "metrics", address, "127.0.0.1:9877",
+                     lambda host, port: MetricsServer(host, port, board.snapshot))
     board.extra["metrics"] = server.address
     logs.get().info("metrics.started", address=server.address)
     return server
@@ -57,16 +64,9 @@ def serve_metrics(path: Path, address: str, board: StatusBoard) -> MetricsServer
 
 def serve_web(path: Path, address: str, board: StatusBoard, with_metrics: bool) -> WebServer:
     """Start the status page and publish where it listens in status.json as "web"."""
-    try:
-        host, port = parse_address(address)
-    except ValueError:
-        raise ManifestError(str(path), "daemon.web", f"{address!r} is not HOST:PORT",
-                            'e.g. web = "127.0.0.1:9878"') from None
-    try:
-        server = WebServer(host, port, board.snapshot, exposition(board.snapshot) if with_metrics else None)
-    except OSError as exc:
-        raise UsageError(f"{path}: daemon.web: cannot listen on {address} ({exc.strerror}); "
-                         "choose a free port") from None
+    metrics = exposition(board.snapshot) if with_metrics else None
+    server = _listen(path, "web", address, "127.0.0.1:9878",
+                     lambda host, port: WebServer(host, port, board.snapshot, metrics))
     board.extra["web"] = server.address
     logs.get().info("web.started", address=server.address, url=f"http://{server.address}/")
     return server
