@@ -127,6 +127,7 @@ def test_kill_at_every_point_then_converge(tmp_path: Path, family: str, devkit_u
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~150 kill points, each a fresh process: minutes, not a timed assertion
 def test_kill_at_every_state_write_then_converge(tmp_path: Path, devkit_url: str) -> None:
     sweep(tmp_path, "state-write", devkit_url)
 

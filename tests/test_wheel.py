@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # builds a wheel and installs it with its dependencies in a fresh venv
 def test_the_wheel_builds_and_installs_in_a_clean_venv(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(REPO)],
                    check=True, capture_output=True, timeout=600)
