@@ -25,6 +25,7 @@ from typing import IO, cast
 from isal import igzip, isal_zlib
 
 from datasetd.archive.digest import hash_file
+from datasetd.archive.indexprogress import ProgressFile
 from datasetd.archive.tarsafe import (
     CLASS_TAR_RE,
     TOP,
@@ -57,23 +58,32 @@ class IndexResult:
 
 
 def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool = False,
-                  unit_digests: frozenset[str] | None = None) -> IndexResult:
+                  unit_digests: frozenset[str] | None = None, progress: Path | None = None) -> IndexResult:
     """Digests of the archive, and of the class tars in `unit_digests` (every unit when None), plus each
     unit's member count and size. Hostile members are found here, before any write.
 
     A unit read in place from a pinned archive needs no digest of its own: the archive's digest
     matched its pin, and its fingerprint (size, mtime, inode) is checked before every use. Only a
     loose class tar (split by hand) has to be compared with its byte range here; its sha256 is ""
-    otherwise, and the extraction of an in-place unit then hashes each byte once, per member."""
+    otherwise, and the extraction of an in-place unit then hashes each byte once, per member.
+
+    `progress`, when given, is a file this call owns while it runs: the archive bytes done so far
+    (the slower of the two readers), for status to show; removed at the end."""
     st = path.stat()
     stop = threading.Event()
+    with ProgressFile(progress) as shown:
+        return _index_archive(path, unpack, max_expansion, md5, unit_digests, st, stop, shown)
+
+
+def _index_archive(path: Path, unpack: str, max_expansion: int, md5: bool, unit_digests: frozenset[str] | None,
+                   st: os.stat_result, stop: threading.Event, shown: ProgressFile) -> IndexResult:
     # The archive's own digest comes from a second thread reading the same file: hashlib releases
     # the GIL, so it runs on another core while this thread parses headers and hashes class tars.
     # (md5 costs more CPU than sha256 here, 0.7 vs 1.1+ GB/s: only when a pin needs it.)
     with cf.ThreadPoolExecutor(1, thread_name_prefix="index-hash") as pool:
-        whole = pool.submit(hash_file, path, md5=md5, stop=stop)
+        whole = pool.submit(hash_file, path, md5=md5, stop=stop, progress=shown.hashed)
         try:
-            units = _index_units(path, unpack, st.st_size * max_expansion, unit_digests)
+            units = _index_units(path, unpack, st.st_size * max_expansion, unit_digests, shown)
         except BaseException:
             stop.set()  # a refused archive: do not read the rest of it just to hash it
             raise
@@ -88,9 +98,10 @@ def index_archive(path: Path, unpack: str, max_expansion: int = 1000, md5: bool 
     return IndexResult(digests.size, digests.sha256, digests.md5, units, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-def _index_units(path: Path, unpack: str, max_bytes: int, digests: frozenset[str] | None) -> list[UnitIndex]:
+def _index_units(path: Path, unpack: str, max_bytes: int, digests: frozenset[str] | None,
+                 shown: ProgressFile) -> list[UnitIndex]:
     with path.open("rb", buffering=0) as raw:
-        reader = HashingReader(raw, None, ())
+        reader = shown.parser = HashingReader(raw, None, ())
         if unpack == "class-tars":
             return _index_class_tars(reader, str(path), digests)
         if unpack == "tar":

@@ -31,22 +31,24 @@ from pathlib import Path
 from typing import Any
 
 from datasetd import logs, platform
+from datasetd.archive.indexprogress import read_progress
 from datasetd.config.manifest import Manifest
 from datasetd.core.costs import space_needs
 from datasetd.core.model import Action, Blocked, ComponentState, IndexArchive, Journal, Observed, UnitAction
 from datasetd.core.planning import is_ready, plan
 from datasetd.core.summary import summarize
-from datasetd.engine.steps import STEPS, Hands
+from datasetd.engine.steps import STEPS, Hands, index_progress_path
 from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
 from datasetd.state.journal import JournalDB
 from datasetd.state.observe import observe, observe_component, observe_unit
 from datasetd.state.space import check_space, still_needed
-from datasetd.state.status import StatusBoard
+from datasetd.state.status import ComponentStatus, StatusBoard
 
 MAX_ATTEMPTS = 3
 COMMIT_BATCH = 256  # verified units that force a group commit even while steps still run
 Key = tuple[str, str]  # (component, unit); unit "" for component-level steps
+_NO_STATUS = ComponentStatus()
 
 
 @dataclass(frozen=True)
@@ -396,11 +398,17 @@ class Executor:
         for state in self.states.values():
             if state.running is not None and type(state.running).phase is not None:
                 running.setdefault(state.running.component, set()).add(str(type(state.running).phase))
+        indexing = {s.running.component: s.running for s in self.states.values()
+                    if isinstance(s.running, IndexArchive)}
         failures = self.failures()
         for name, comp in self.manifest.components.items():
             fields = summarize(comp, self.observed.get(name), running.get(name, set()), failures.get(name))
             if fields.get("phase") == "fetching":
                 fields = {k: v for k, v in fields.items() if not k.startswith(("bytes", "files"))}
+            if name in indexing:
+                fields.update(self._index_progress(name, indexing[name]))
+            elif self.board.components.get(name, _NO_STATUS).detail.get("step") == "indexing":
+                fields["detail"] = {}  # the index pass ended: stop saying it runs
             self.board.update(name, **fields)
         now = time.monotonic()
         if now - self._last_progress >= 10.0:
@@ -408,6 +416,17 @@ class Executor:
             snap = self.board.snapshot()["components"]
             self.log.info("apply.progress", **{n: f"{c['phase']} {c['files_done']}/{c['files_total']} files"
                                                for n, c in snap.items()})
+
+    def _index_progress(self, name: str, action: IndexArchive) -> dict[str, Any]:
+        """An index pass shows archive bytes read so far out of the archive's size (rate and ETA follow)."""
+        done = read_progress(index_progress_path(self.manifest, name))
+        if done is None:
+            return {}
+        try:
+            total = action.path.stat().st_size
+        except OSError:
+            return {}
+        return {"phase": "unpacking", "bytes_done": done, "bytes_total": total, "detail": {"step": "indexing"}}
 
     def _drain_on_stop(self) -> None:
         if not self.stop.is_set():

@@ -14,6 +14,7 @@ import functools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from datasetd import logs
@@ -126,8 +127,16 @@ def _index_work(hands: Hands, action: IndexArchive) -> Work:
     # A pinned archive proves its in-place units; only loose class tars need a digest of their range.
     pinned = comp.sha256 is not None or comp.md5 is not None
     digests = loose_tar_names(comp) if pinned else None
-    return (functools.partial(unpack.index_archive, md5=comp.md5 is not None, unit_digests=digests),
+    progress = index_progress_path(hands.manifest, comp.name)
+    progress.parent.mkdir(mode=0o700, exist_ok=True)
+    return (functools.partial(unpack.index_archive, md5=comp.md5 is not None, unit_digests=digests,
+                              progress=progress),
             (action.path, comp.unpack))
+
+
+def index_progress_path(manifest: Manifest, component: str) -> Path:
+    """Where a running index pass of `component` counts its bytes (archive.indexprogress.ProgressFile)."""
+    return manifest.state_dir / "progress" / f"{component}.index"
 
 
 def _index_record(hands: Hands, action: IndexArchive, result: unpack.IndexResult) -> bool:

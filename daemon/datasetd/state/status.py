@@ -9,7 +9,8 @@ Schema 1:
       "bytes_done": int, "bytes_total": int, "files_done": int, "files_total": int,
       "classes_done": int, "classes_total": int, "rate": float (bytes/s), "eta_seconds": float | null,
       "last_error": str | null, "retry": str | null (a pending retry, in words),
-      "detail": {...transport detail: url, peers, health, hint}}},
+      "detail": {...transport detail: url, peers, health, hint; "step": "indexing" while the index
+                 pass runs, bytes_done/bytes_total then being archive bytes read / archive size}}},
   written by `datasetd run` only (StatusBoard.extra), each present only when it applies:
   "manifest_error": str   an edited manifest was rejected (key path, TOML line/column); the last good one runs,
   "pass_error": str       the last reconcile pass raised before finishing (e.g. no space),
