@@ -15,6 +15,21 @@ from datasetd.core.model import CHUNK, FileRecord
 from datasetd.state.fswalk import list_files
 
 
+def reprove_then_unlink(last_copy: Path, units: list[tuple[str, Path, list[FileRecord]]]
+                        ) -> list[tuple[str, list[str]]]:
+    """Unlink `last_copy` (a class tar or an archive) only if every folder that depends on it matches
+    its record NOW; else keep it and return each failing unit with its problems.
+
+    The record was proved once, but a folder can change after that (a same-size write with its
+    mtime put back is invisible to names and sizes): the tar may be the last good copy."""
+    failed = [(unit, problems) for unit, folder, records in units
+              if (problems := verify_folder(folder, records) if records else [f"{folder}: no record to prove"])]
+    if not failed:
+        # If power loss undoes this unlink, the next run proves the folders again and deletes it again.
+        last_copy.unlink()
+    return failed
+
+
 def verify_folder(folder: Path, records: list[FileRecord]) -> list[str]:
     """Every problem found, one line each naming the file; empty means verified."""
     if folder.is_symlink() or not folder.is_dir():

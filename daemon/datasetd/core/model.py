@@ -222,14 +222,21 @@ class VerifyUnit(UnitAction):
 
 @dataclass(frozen=True)
 class DeleteClassTar(UnitAction):
-    """The folder is verified and durable: its loose tar may go."""
+    """The folder is verified and durable: its loose tar may go, once the folder is re-proved."""
+
+    phase: ClassVar[Phase | None] = "verifying"
+    runs_in: ClassVar[RunsIn] = "worker"  # re-hashes the folder right before the unlink
 
     tar: Path
 
 
 @dataclass(frozen=True)
 class DeleteArchive(Action):
-    """keep_archive = false and every unit is verified: remove the downloaded archive."""
+    """keep_archive = false and every unit is verified: remove the downloaded archive, once every
+    unit's folder is re-proved."""
+
+    phase: ClassVar[Phase | None] = "verifying"
+    runs_in: ClassVar[RunsIn] = "worker"  # re-hashes every unit right before the unlink
 
     path: Path
 

@@ -34,6 +34,7 @@ from datasetd.core.model import (
     MarkProcessed,
     VerifyUnit,
 )
+from datasetd.core.planning import unit_paths
 from datasetd.errors import PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, Source
 from datasetd.state.durable import write_text_atomic, write_text_fast
@@ -261,15 +262,39 @@ def _mark(action: MarkProcessed) -> None:
     action.tar.rename(action.marked)
 
 
-def _delete_class_tar(action: DeleteClassTar) -> None:
-    # The folder is VERIFIED (flushed, journal durable) before this runs; if power
-    # loss undoes the unlink, the tar is simply deleted again.
-    action.tar.unlink()
+def _delete_class_tar_work(hands: Hands, action: DeleteClassTar) -> Work:
+    # The folder is VERIFIED (flushed, journal durable) before this runs, and is re-proved in the worker.
+    folder = unit_paths(hands.component(action), action.unit).folder
+    return verify.reprove_then_unlink, (action.tar, [(action.unit, folder,
+                                                      hands.journal.files(action.component, action.unit))])
 
 
-def _delete_archive(action: DeleteArchive) -> None:
-    # Every unit is VERIFIED and durable; if power loss undoes the unlink, it is deleted again.
-    action.path.unlink()
+def _delete_archive_work(hands: Hands, action: DeleteArchive) -> Work:
+    # Every unit is VERIFIED and durable; each one is re-proved in the worker before the unlink.
+    comp = hands.component(action)
+    units = [(unit, unit_paths(comp, unit).folder, hands.journal.files(comp.name, unit))
+             for unit in sorted(hands.journal.units(comp.name))]
+    return verify.reprove_then_unlink, (action.path, units)
+
+
+def _deleted(logged: Callable[[Hands, Any, Any], bool]) -> Callable[[Hands, Any, Any], bool]:
+    """The unlink happened (`logged` records it), or it was refused: a folder no longer matches its record."""
+
+    def record(hands: Hands, action: Any, failed: list[tuple[str, list[str]]]) -> bool:
+        if not failed:
+            return logged(hands, action, failed)
+        for unit, problems in failed:
+            hands.log.error("delete.refused", component=action.component, unit=unit,
+                            kept=str(fields_of(action)), problem=problems[0], problems=len(problems))
+            # Forget the record: the planner adopts (compares and repairs) the folder from the kept copy.
+            hands.journal.forget_unit(action.component, unit)
+        first = failed[0][1][0]
+        hands.journal.step(action.component, action.key[1], action.kind, "mismatch", first)
+        raise TemporaryError(f"{first}: kept {fields_of(action)}, repairing the folder first", delay=0.0)
+
+    def fields_of(action: Any) -> object:
+        return action.tar if isinstance(action, DeleteClassTar) else action.path
+    return record
 
 
 def _logged(event: str, **fields: Callable[[Any], object]) -> Callable[[Hands, Any, Any], bool]:
@@ -294,6 +319,6 @@ STEPS: Mapping[type[Action], Step[Any]] = {
     VerifyUnit: Step(_verify_work, _verify_record),
     ArrangeByClass: Step(_arrange_work, _arrange_record),
     MarkProcessed: Step(_inline(_mark), _logged("class.marked", tar=lambda a: a.marked)),
-    DeleteClassTar: Step(_inline(_delete_class_tar), _logged("class.tar_deleted", tar=lambda a: a.tar)),
-    DeleteArchive: Step(_inline(_delete_archive), _logged("archive.deleted", path=lambda a: a.path)),
+    DeleteClassTar: Step(_delete_class_tar_work, _deleted(_logged("class.tar_deleted", tar=lambda a: a.tar))),
+    DeleteArchive: Step(_delete_archive_work, _deleted(_logged("archive.deleted", path=lambda a: a.path))),
 }
