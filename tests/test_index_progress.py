@@ -12,7 +12,7 @@ from typing import Any
 
 from conftest import datasetd_cmd, write_manifest
 
-MEMBERS = 150_000  # tiny members: the header parse takes seconds even on a quiet machine, so several reports land
+MEMBERS = 300_000  # tiny members: the header parse takes seconds even on a quiet machine, so several reports land
 
 
 def many_member_tar(path: Path) -> None:
