@@ -129,11 +129,12 @@ def _units(root: Path, state: str) -> set[str]:
 
 def _fill(path: Path) -> None:
     chunk = b"\0" * (1 << 16)
-    with path.open("wb") as f:
+    # Unbuffered: a buffered writer keeps the bytes a short write left over
+    # and raises ENOSPC again from close(), outside the except below.
+    with path.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC
 
