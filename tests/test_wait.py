@@ -18,7 +18,8 @@ def test_wait_blocks_until_an_apply_in_another_process_converges(dataset: Datase
         assert waiter.poll() is None
         applied = run_datasetd("apply", str(dataset.manifest))
         assert applied.returncode == 0, applied.stderr
-        assert waiter.wait(60) == 0
+        _out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, err
     finally:
         waiter.kill()
     assert datasetd.wait(dataset.manifest, components=["train"], timeout=5) == {"train": "ready"}
@@ -47,3 +48,21 @@ def test_wait_returns_1_when_a_component_is_in_error(dataset: Dataset) -> None:
 def test_wait_on_an_unknown_component_is_a_usage_error(dataset: Dataset) -> None:
     out = run_datasetd("wait", str(dataset.manifest), "--component", "tarin", "--timeout", "1")
     assert out.returncode == 2 and "no component named 'tarin'" in out.stderr
+
+
+def test_wait_keeps_waiting_while_an_apply_is_still_creating_the_journal(dataset: Dataset) -> None:
+    """The moment between a writer creating journal.sqlite and committing its schema (generation 0,
+    no tables): a reader there once failed with "no such table: archive", and `wait` exited 1."""
+    import sqlite3
+
+    state = dataset.root / ".datasetd"
+    state.mkdir()
+    db = sqlite3.connect(state / "journal.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")  # what JournalDB does before its first migration
+    try:
+        out = run_datasetd("wait", str(dataset.manifest), "--timeout", "0.5")
+        assert out.returncode == 3, out.stderr
+        assert "not ready after 0.5 s: train (pending), val (pending)" in out.stderr
+        assert run_datasetd("status", str(dataset.manifest)).returncode == 1  # not converged, no traceback
+    finally:
+        db.close()

@@ -108,9 +108,16 @@ class JournalDB:
 
         mode=ro needs the WAL's -shm file, which a group reader cannot create once the writer has
         closed and removed it; with no writer left the file cannot change, so immutable=1 is safe."""
+        path = state_dir / JOURNAL_NAME
+        db = _connect_read_only(path)
+        if db.execute("PRAGMA user_version").fetchone()[0] != GENERATION:
+            # A writer is creating or migrating it right now (a reader saw "no such table" there), or
+            # it is older or newer than this datasetd: nothing in it can be read as this generation.
+            db.close()
+            return cls.in_memory()
         self = cls.__new__(cls)
-        self.path = state_dir / JOURNAL_NAME
-        self.db = _connect_read_only(self.path)
+        self.path = path
+        self.db = db
         return self
 
     def close(self) -> None:
