@@ -9,29 +9,60 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from datasetd.archive import fingerprint
 from datasetd.core.model import CHUNK, FileRecord
 from datasetd.state.fswalk import list_files
 
+# What a delete re-proves: each dependent unit's name, folder, record and fingerprint blob (or None).
+Dependent = tuple[str, Path, list[FileRecord], bytes | None]
 
-def reprove_then_unlink(last_copy: Path, units: list[tuple[str, Path, list[FileRecord]]]
-                        ) -> list[tuple[str, list[str]]]:
+
+@dataclass(frozen=True)
+class Reproved:
+    failed: list[tuple[str, list[str]]]  # each unit that no longer matches, with its problems
+    rehashed: int  # units whose fingerprint did not prove them, so their bytes were read again
+    fingerprinted: int  # units proved by their fingerprint alone, no byte read
+
+
+def reprove_then_unlink(last_copy: Path, units: list[Dependent]) -> Reproved:
     """Unlink `last_copy` (a class tar or an archive) only if every folder that depends on it matches
-    its record NOW; else keep it and return each failing unit with its problems.
+    its record NOW; else keep it and report each failing unit with its problems.
 
     The record was proved once, but a folder can change after that (a same-size write with its
-    mtime put back is invisible to names and sizes): the tar may be the last good copy."""
-    failed = [(unit, problems) for unit, folder, records in units
-              if (problems := verify_folder(folder, records) if records else [f"{folder}: no record to prove"])]
+    mtime put back is invisible to names and sizes): the tar may be the last good copy. A unit whose
+    fingerprint (inode, size, ctime of every file) still holds is proved by one stat per file; any
+    other is re-hashed in full."""
+    failed: list[tuple[str, list[str]]] = []
+    rehashed = 0
+    for unit, folder, records, blob in units:
+        if records and fingerprint.unchanged(folder, records, blob):
+            continue
+        rehashed += 1
+        problems = verify_folder(folder, records, blob) if records else [f"{folder}: no record to prove"]
+        if problems:
+            failed.append((unit, problems))
     if not failed:
         # If power loss undoes this unlink, the next run proves the folders again and deletes it again.
         last_copy.unlink()
-    return failed
+    return Reproved(failed, rehashed, len(units) - rehashed)
 
 
-def verify_folder(folder: Path, records: list[FileRecord]) -> list[str]:
-    """Every problem found, one line each naming the file; empty means verified."""
+def prove_folder(folder: Path, records: list[FileRecord], blob: bytes | None = None
+                 ) -> tuple[list[str], bytes | None]:
+    """verify_folder, with the fingerprint of the proved files: stat'ed before their bytes are read."""
+    taken = fingerprint.take(folder, records)
+    problems = verify_folder(folder, records, blob)
+    return problems, None if problems else taken
+
+
+def verify_folder(folder: Path, records: list[FileRecord], blob: bytes | None = None) -> list[str]:
+    """Every problem found, one line each naming the file; empty means verified.
+
+    `blob` (the unit's fingerprint) says which directories it had when verified; without one,
+    those its files imply. Any other directory is reported like a file the archive did not have."""
     if folder.is_symlink() or not folder.is_dir():
         # A link in place of the folder points at files datasetd never wrote: never "clean".
         what = "a symlink" if folder.is_symlink() else "missing or not a directory"
@@ -41,6 +72,8 @@ def verify_folder(folder: Path, records: list[FileRecord]) -> list[str]:
     expected = {name: (size, digest) for name, size, digest in records}
     for name in sorted(set(listing.files) - set(expected)):
         problems.append(f"{folder}/{name}: not in the archive (unexpected file)")
+    for name in sorted(listing.dir_names() - fingerprint.expected_dirs(records, blob)):
+        problems.append(f"{folder}/{name}: not in the archive (unexpected directory)")
     for name, (size, digest) in sorted(expected.items()):
         actual_size = listing.files.get(name)
         if actual_size is None:

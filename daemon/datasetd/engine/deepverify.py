@@ -135,7 +135,9 @@ def verify_units(journal: JournalDB, units: list[RecordedUnit], pace: Pace, stop
         while not stop.is_set():
             while len(running) < window and (unit := next(queue, None)) is not None:
                 records = journal.files(unit.component, unit.name)
-                running.append((unit, pool.apply_async(verify_folder, (unit.folder, records)), time.monotonic()))
+                stats = journal.file_stats(unit.component, unit.name)  # which directories it had
+                running.append((unit, pool.apply_async(verify_folder, (unit.folder, records, stats)),
+                                time.monotonic()))
             if not running:
                 break
             unit, pending, started = running.pop(0)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from datasetd import logs
-from datasetd.archive import arrange, unpack, verify
+from datasetd.archive import arrange, fingerprint, unpack, verify
 from datasetd.archive.digest import check_pins
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core.model import (
@@ -159,23 +159,30 @@ def _index_record(hands: Hands, action: IndexArchive, result: unpack.IndexResult
 # ---- units -------------------------------------------------------------------------------------
 
 
+# Both return the fingerprint of the files read back (archive/fingerprint.py) beside the result.
 def _extract_work(hands: Hands, action: ExtractUnit) -> Work:
-    return unpack.extract_unit, (action.origin, action.folder, action.partial, action.old, action.expected_bytes)
+    return fingerprint.extract_unit, (action.origin, action.folder, action.partial, action.old,
+                                      action.expected_bytes)
 
 
 def _adopt_work(hands: Hands, action: AdoptUnit) -> Work:
-    return unpack.adopt_unit, (action.origin, action.folder, action.partial, action.old, action.expected_bytes)
+    return fingerprint.adopt_unit, (action.origin, action.folder, action.partial, action.old,
+                                    action.expected_bytes)
 
 
-def _extract_record(hands: Hands, action: ExtractUnit, result: unpack.Extracted) -> bool:
-    _record_unit(hands, action.component, action.unit, result, "replaced" if action.replace else "extracted")
+def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[unpack.Extracted, bytes | None]) -> bool:
+    extracted, stats = result
+    _record_unit(hands, action.component, action.unit, extracted,
+                 "replaced" if action.replace else "extracted", stats=stats)
     hands.journal.step(action.component, action.unit, action.kind, "ok")
-    return _read_back(hands, action, result)
+    return _read_back(hands, action, extracted)
 
 
-def _adopt_record(hands: Hands, action: AdoptUnit, result: tuple[bool, unpack.Extracted]) -> bool:
-    adopted, extracted = result
-    _record_unit(hands, action.component, action.unit, extracted, "adopted" if adopted else "replaced")
+def _adopt_record(hands: Hands, action: AdoptUnit,
+                  result: tuple[tuple[bool, unpack.Extracted], bytes | None]) -> bool:
+    (adopted, extracted), stats = result
+    _record_unit(hands, action.component, action.unit, extracted,
+                 "adopted" if adopted else "replaced", stats=stats)
     hands.journal.step(action.component, action.unit, action.kind, "ok")
     return _read_back(hands, action, extracted)
 
@@ -187,7 +194,8 @@ def _read_back(hands: Hands, action: ExtractUnit | AdoptUnit, result: unpack.Ext
     return result.read_back
 
 
-def _record_unit(hands: Hands, component: str, unit: str, result: unpack.Extracted, verb: str) -> None:
+def _record_unit(hands: Hands, component: str, unit: str, result: unpack.Extracted, verb: str, *,
+                 stats: bytes | None) -> None:
     archive = hands.journal.archive(component)
     assert archive is not None  # a unit is extracted only from an indexed archive
     prefix = "" if unit == FLAT else f"{unit}/"
@@ -195,18 +203,21 @@ def _record_unit(hands: Hands, component: str, unit: str, result: unpack.Extract
     digest_file = hands.manifest.state_dir / "sha256" / component / f"{list_name}.sha256"
     # Not flushed here: the group commit's syncfs covers it before VERIFIED is recorded.
     write_text_fast(digest_file, verify.digest_list(result.files, prefix))
-    hands.journal.record_extracted(component, unit, archive.sha256, result.files)
+    hands.journal.record_extracted(component, unit, archive.sha256, result.files, stats)
     hands.log.info(hands.event(component, verb), component=component, unit=unit, files=len(result.files),
                    bytes=sum(f[1] for f in result.files))
 
 
 def _verify_work(hands: Hands, action: VerifyUnit) -> Work:
-    return verify.verify_folder, (action.folder, hands.journal.files(action.component, action.unit))
+    return verify.prove_folder, (action.folder, hands.journal.files(action.component, action.unit))
 
 
-def _verify_record(hands: Hands, action: VerifyUnit, problems: list[str]) -> bool:
+def _verify_record(hands: Hands, action: VerifyUnit, result: tuple[list[str], bytes | None]) -> bool:
     comp, unit = action.component, action.unit
+    problems, stats = result
     if not problems:
+        if stats is not None:
+            hands.journal.record_stats(comp, unit, stats)
         hands.journal.step(comp, unit, action.kind, "ok")
         return True
     for line in problems[:20]:
@@ -265,22 +276,28 @@ def _mark(action: MarkProcessed) -> None:
 def _delete_class_tar_work(hands: Hands, action: DeleteClassTar) -> Work:
     # The folder is VERIFIED (flushed, journal durable) before this runs, and is re-proved in the worker.
     folder = unit_paths(hands.component(action), action.unit).folder
-    return verify.reprove_then_unlink, (action.tar, [(action.unit, folder,
-                                                      hands.journal.files(action.component, action.unit))])
+    return verify.reprove_then_unlink, (action.tar, [_dependent(hands, action.component, action.unit, folder)])
 
 
 def _delete_archive_work(hands: Hands, action: DeleteArchive) -> Work:
     # Every unit is VERIFIED and durable; each one is re-proved in the worker before the unlink.
     comp = hands.component(action)
-    units = [(unit, unit_paths(comp, unit).folder, hands.journal.files(comp.name, unit))
+    units = [_dependent(hands, comp.name, unit, unit_paths(comp, unit).folder)
              for unit in sorted(hands.journal.units(comp.name))]
     return verify.reprove_then_unlink, (action.path, units)
+
+
+def _dependent(hands: Hands, component: str, unit: str, folder: Path) -> verify.Dependent:
+    return unit, folder, hands.journal.files(component, unit), hands.journal.file_stats(component, unit)
 
 
 def _deleted(logged: Callable[[Hands, Any, Any], bool]) -> Callable[[Hands, Any, Any], bool]:
     """The unlink happened (`logged` records it), or it was refused: a folder no longer matches its record."""
 
-    def record(hands: Hands, action: Any, failed: list[tuple[str, list[str]]]) -> bool:
+    def record(hands: Hands, action: Any, reproved: verify.Reproved) -> bool:
+        hands.log.info("delete.reproved", component=action.component, target=str(fields_of(action)),
+                       fingerprinted=reproved.fingerprinted, rehashed=reproved.rehashed)
+        failed = reproved.failed
         if not failed:
             return logged(hands, action, failed)
         for unit, problems in failed:

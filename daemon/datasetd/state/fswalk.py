@@ -29,6 +29,10 @@ class Listing:
     problems: list[str] = field(default_factory=list)  # symlinks, devices, unreadable dirs
     dirs: list[DirStamp] = field(default_factory=list)  # each directory as it was just before it was read
 
+    def dir_names(self) -> set[str]:
+        """Every directory below the folder, by relative name (the folder itself excluded)."""
+        return {rel for rel, _ino, _m, _c in self.dirs if rel}
+
     def fingerprint(self) -> str | None:
         """The directories' stamps as stored in the journal, or None when one changed too recently."""
         if self.problems or not self.dirs:

@@ -59,7 +59,15 @@ CREATE TABLE IF NOT EXISTS unit_dirs (
     component TEXT NOT NULL, unit TEXT NOT NULL, dirs TEXT NOT NULL,
     PRIMARY KEY (component, unit)) WITHOUT ROWID;
 """
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_1, _DIRS_2)
+# Generation 3: each verified unit keeps the (inode, size, ctime_ns) of its files, one compressed blob
+# per unit (archive/fingerprint.py), so a delete re-proves a folder by stat instead of re-reading it.
+# Units recorded before have none: their deletes re-hash, as generation 2 always did.
+_FILE_STATS_3 = """
+CREATE TABLE IF NOT EXISTS unit_stats (
+    component TEXT NOT NULL, unit TEXT NOT NULL, stats BLOB NOT NULL,
+    PRIMARY KEY (component, unit)) WITHOUT ROWID;
+"""
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_1, _DIRS_2, _FILE_STATS_3)
 GENERATION = len(_MIGRATIONS)
 JOURNAL_NAME = "journal.sqlite"
 
@@ -198,10 +206,14 @@ class JournalDB:
         return {_name_out(name): size for name, size in rows}
 
     def record_extracted(self, component: str, unit: str, archive_sha256: str,
-                         files: list[FileRecord]) -> None:
+                         files: list[FileRecord], stats: bytes | None = None) -> None:
+        """A new record; `stats` is the fingerprint of its files when they were just read back."""
         with self._tx() as db:
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM unit_dirs WHERE component=? AND unit=?", (component, unit))
+            db.execute("DELETE FROM unit_stats WHERE component=? AND unit=?", (component, unit))
+            if stats is not None:
+                db.execute("INSERT INTO unit_stats VALUES (?,?,?)", (component, unit, stats))
             db.executemany("INSERT INTO file VALUES (?,?,?,?,?)",
                            [(component, unit, _name_in(n), s, d) for n, s, d in files])
             db.execute("INSERT OR REPLACE INTO unit (component, unit, archive_sha256, state, files, bytes, at) "
@@ -222,8 +234,19 @@ class JournalDB:
             db.executemany("INSERT OR REPLACE INTO unit_dirs VALUES (?,?,?)",
                            [(component, unit, fp) for unit, fp in fingerprints.items()])
 
+    def record_stats(self, component: str, unit: str, stats: bytes) -> None:
+        """Keep the fingerprint a verification took of the unit's files (VerifyUnit)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO unit_stats VALUES (?,?,?)", (component, unit, stats))
+
+    def file_stats(self, component: str, unit: str) -> bytes | None:
+        row = self.db.execute("SELECT stats FROM unit_stats WHERE component=? AND unit=?",
+                              (component, unit)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
     def forget_unit(self, component: str, unit: str) -> None:
         with self._tx() as db:
+            db.execute("DELETE FROM unit_stats WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM unit WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM unit_dirs WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))

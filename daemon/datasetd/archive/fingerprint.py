@@ -1,0 +1,165 @@
+"""A unit's file fingerprint: (inode, size, ctime_ns) of every file, taken when the unit is verified.
+
+Worker-process code. The fingerprint is kept in the journal (one compact blob per unit) and lets a
+delete (archive/verify.py `reprove_then_unlink`) prove a folder with one `lstat` per file instead of
+re-reading its bytes: a write, a truncate, a chmod or a replaced file all move a file's ctime, and
+ctime cannot be set from user space (`touch` and `os.utime` set it to now). Where anything differs,
+or a stamp is too recent to be trusted, the delete falls back to the full re-hash.
+
+The blob also keeps the unit's directories as they were when it was verified, so `verify` can name
+a directory the archive did not have (an extra empty one holds no file to miss).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasetd.archive import unpack
+from datasetd.core.model import FileRecord, Origin
+
+# A file changed within the same timestamp tick as the stat that fingerprinted it keeps its ctime
+# ("racy git"). Linux stamps files from a coarse clock ticking every 1-10 ms; a filesystem with
+# whole-second stamps (ctime_ns a multiple of 1e9) needs a second and more.
+RACY_NS = 20_000_000
+RACY_COARSE_NS = 2_000_000_000
+_VERSION = 1
+_HEAD = struct.Struct("<BqI")  # version, when the stats were taken (ns), number of files
+_ENTRY = struct.Struct("<QQq")  # inode, size, ctime_ns, in the order of the sorted file names
+FileStat = tuple[int, int, int]
+
+
+@dataclass
+class Stats:
+    files: dict[str, FileStat] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)  # relative, the folder itself excluded
+    odd: bool = False  # a link, a special file or an unreadable directory: nothing to vouch for
+    taken_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    taken_ns: int
+    stats: list[FileStat]
+    dirs: list[str]
+
+
+def stat_tree(folder: Path) -> Stats:
+    """One `scandir` per directory and one `lstat` per file; no file is opened."""
+    out = Stats(taken_ns=time.time_ns())
+    stack = [("", str(folder))]
+    while stack:
+        prefix, path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            out.odd = True
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                out.dirs.append(rel)
+                stack.append((rel + "/", entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                out.files[rel] = (st.st_ino, st.st_size, st.st_ctime_ns)
+            else:
+                out.odd = True
+    out.dirs.sort()
+    return out
+
+
+def _racy(taken_ns: int, ctime_ns: int) -> bool:
+    window = RACY_COARSE_NS if ctime_ns % 1_000_000_000 == 0 else RACY_NS
+    return taken_ns - ctime_ns < window
+
+
+def take(folder: Path, records: list[FileRecord]) -> bytes | None:
+    """The fingerprint of a folder that holds exactly `records`, or None when it does not.
+
+    Must be taken before (or while) the bytes it vouches for are hashed: a change after this stat
+    moves ctime past it. Files stamped within the last tick are stat'ed again once the tick has
+    passed (at most RACY_NS of waiting), so a change in that tick cannot hide."""
+    stats = stat_tree(folder)
+    fresh = [c for _i, _s, c in stats.files.values() if _racy(stats.taken_ns, c)]
+    if fresh and not any(c % 1_000_000_000 == 0 for c in fresh):
+        time.sleep(max(0, max(fresh) + RACY_NS - time.time_ns()) / 1e9)
+        stats = stat_tree(folder)
+    names = sorted(name for name, _size, _digest in records)
+    if stats.odd or len(names) != len(stats.files) or any(n not in stats.files for n in names):
+        return None
+    head = _HEAD.pack(_VERSION, stats.taken_ns, len(names))
+    body = b"".join(_ENTRY.pack(*stats.files[n]) for n in names)
+    dirs = "\0".join(stats.dirs).encode("utf-8", "surrogateescape")
+    return zlib.compress(head + body + dirs)
+
+
+def decode(blob: bytes) -> Fingerprint | None:
+    try:
+        raw = zlib.decompress(blob)
+        version, taken_ns, count = _HEAD.unpack_from(raw)
+        end = _HEAD.size + count * _ENTRY.size
+        if version != _VERSION or len(raw) < end:
+            return None
+        stats = [_ENTRY.unpack_from(raw, _HEAD.size + i * _ENTRY.size) for i in range(count)]
+        tail = raw[end:].decode("utf-8", "surrogateescape")
+    except (zlib.error, struct.error):
+        return None
+    return Fingerprint(taken_ns, stats, tail.split("\0") if tail else [])
+
+
+def unchanged(folder: Path, records: list[FileRecord], blob: bytes | None) -> bool:
+    """Whether every file of `records` is the very file fingerprinted, unmodified since, and the
+    folder holds nothing else (no other file, link or directory). False means: re-hash."""
+    fp = decode(blob) if blob is not None else None
+    names = sorted(name for name, _size, _digest in records)
+    if fp is None or len(fp.stats) != len(names):
+        return False
+    try:
+        if stat.S_ISLNK(os.lstat(folder).st_mode):
+            return False
+    except OSError:
+        return False
+    now = stat_tree(folder)
+    if now.odd or now.dirs != fp.dirs or len(now.files) != len(names):
+        return False
+    sizes = {name: size for name, size, _digest in records}
+    for name, was in zip(names, fp.stats, strict=True):
+        if now.files.get(name) != was or was[1] != sizes[name] or _racy(fp.taken_ns, was[2]):
+            return False
+    return True
+
+
+def expected_dirs(records: list[FileRecord], blob: bytes | None) -> set[str]:
+    """The unit's directories: as fingerprinted at verification, else those its files imply."""
+    fp = decode(blob) if blob is not None else None
+    if fp is not None:
+        return set(fp.dirs)
+    implied: set[str] = set()
+    for name, _size, _digest in records:
+        parts = name.split("/")[:-1]
+        implied.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return implied
+
+
+# ---- a unit read back while extracted is verified there: fingerprint it right after ------------
+
+
+def extract_unit(origin: Origin, folder: Path, partial: Path, old: Path,
+                 expected_bytes: int) -> tuple[unpack.Extracted, bytes | None]:
+    """unpack.extract_unit, then the fingerprint of what it read back. The stat follows the read-back
+    by the rest of the unit's extraction: only a writer racing datasetd inside its own fresh folder
+    in that moment could slip past it (any change after the stat is seen)."""
+    result = unpack.extract_unit(origin, folder, partial, old, expected_bytes)
+    return result, take(folder, result.files) if result.read_back else None
+
+
+def adopt_unit(origin: Origin, folder: Path, partial: Path, old: Path,
+               expected_bytes: int) -> tuple[tuple[bool, unpack.Extracted], bytes | None]:
+    adopted, result = unpack.adopt_unit(origin, folder, partial, old, expected_bytes)
+    return (adopted, result), take(folder, result.files) if result.read_back else None
