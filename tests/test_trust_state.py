@@ -1,6 +1,7 @@
 """Damaged state is a clear error or a rebuild, never a traceback; one lock that survives its directory.
 
-Real SQLite files damaged on purpose (random bytes, cut in half, a page overwritten), hand-edited
+Real SQLite files damaged on purpose (random bytes, cut in half, every page overwritten, only the
+file table's pages: met mid-run, or by verify's full check), hand-edited
 status.json files, and a real `datasetd run` whose `.datasetd/` is deleted under it.
 """
 
@@ -37,6 +38,18 @@ def _page_overwritten(path: Path) -> None:
     data = bytearray(path.read_bytes())
     page = int.from_bytes(data[16:18], "big")
     for n in range(1, len(data) // page):
+        data[n * page + 8: (n + 1) * page] = os.urandom(page - 8)
+    path.write_bytes(bytes(data))
+
+
+def _file_table_overwritten(path: Path) -> None:
+    """Only the pages holding file rows (member names end in .JPEG): the open check does not read
+    them (a no-op never does), so the damage is met mid-run, by the first read of a unit's files."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    hit = [n for n in range(1, len(data) // page) if b".JPEG" in data[n * page: (n + 1) * page]]
+    assert hit, "the journal holds no file rows"
+    for n in hit:
         data[n * page + 8: (n + 1) * page] = os.urandom(page - 8)
     path.write_bytes(bytes(data))
 
@@ -81,6 +94,34 @@ def test_verify_on_a_damaged_journal_rebuilds_it_and_says_what_it_could_not_prov
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1, "nothing is recorded any more: verify cannot call the tree clean"
     assert "journal.rebuilt" in result.stderr
+
+
+def test_damage_met_mid_run_moves_the_journal_aside_and_the_same_apply_rebuilds_it(
+        dataset: Dataset, tmp_path: Path) -> None:
+    assert dataset.run("apply") == 0
+    _file_table_overwritten(_checkpointed(dataset))
+    victim = sorted((dataset.root / "train" / WNIDS[0]).iterdir())[0]
+    victim.unlink()  # the class folder changed: apply reads its file rows, and meets the damage
+    result = run_datasetd("--log-format", "json", "apply", str(dataset.manifest))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    rebuilt = [e for e in events if e["event"] == "journal.rebuilt"]
+    assert len(rebuilt) == 1 and "malformed" in rebuilt[0]["problem"], rebuilt
+    assert list((dataset.root / ".datasetd").glob("journal.sqlite.damaged-*")), "the damaged file is kept"
+    assert victim.exists()
+    assert tree_digest(dataset.root / "train") == gnu_tar_reference(dataset.train_tar, tmp_path / "gnu")
+    assert dataset.run("apply") == 0 and not [s for s in dataset.steps() if s[3] == "failed"]
+
+
+def test_verify_reads_every_page_and_finds_damage_the_open_check_leaves_to_it(dataset: Dataset) -> None:
+    assert dataset.run("apply") == 0
+    _file_table_overwritten(_checkpointed(dataset))
+    result = run_datasetd("verify", str(dataset.manifest))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and "journal.rebuilt" in result.stderr, result.stderr
+    # Found before verifying anything (not by a read halfway): what it reports is what it could not prove.
+    assert "the journal is damaged" not in result.stderr and "BAD " in result.stdout, result.stdout
 
 
 def test_journal_generations_upgrade_and_a_newer_one_is_refused_in_one_line(dataset: Dataset) -> None:

@@ -29,7 +29,7 @@ from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
 from datasetd.state import status as status_mod
 from datasetd.state.access import share_state
-from datasetd.state.journal import JOURNAL_NAME, JournalDB, damage
+from datasetd.state.journal import JOURNAL_NAME, JournalDB, damage, rebuilding
 from datasetd.state.lock import RootLock, held_elsewhere
 from datasetd.state.observe import observe
 from datasetd.state.space import space_report
@@ -38,12 +38,12 @@ from datasetd.state.status import StatusBoard
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-def open_journal(manifest: Manifest, create: bool = True) -> JournalDB:
+def open_journal(manifest: Manifest, create: bool = True, full_check: bool = False) -> JournalDB:
     """The root's journal; without `create` (plan, status: no lock held) an absent or damaged one reads
     as empty, and only a verb holding the lock moves a damaged journal aside. Readers open it read-only,
-    so another user in the root's group can read it."""
+    so another user in the root's group can read it. `full_check`: every page first (verify)."""
     if create:
-        journal = JournalDB(manifest.state_dir)
+        journal = JournalDB(manifest.state_dir, full_check)
         share_state(manifest.state_dir, manifest.root)
         return journal
     path = manifest.state_dir / JOURNAL_NAME
@@ -189,17 +189,16 @@ def _ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
 def run_apply(manifest: Manifest, workers: int | None = None,
               sources: dict[str, Source] | None = None, stop: threading.Event | None = None,
               board: StatusBoard | None = None) -> Outcome:
-    journal = open_journal(manifest)
     srcs = sources if sources is not None else make_sources(manifest)
     board = board or StatusBoard(manifest)
     try:
-        return Executor(manifest, journal, board, workers=workers, sources=srcs, stop=stop).run()
+        return rebuilding(lambda: open_journal(manifest), lambda journal: Executor(
+            manifest, journal, board, workers=workers, sources=srcs, stop=stop).run())
     except KeyboardInterrupt:
         board.state = "stopped"  # the second Ctrl-C: no drain, but the record says how it ended
         board.write(force=True)
         raise
     finally:
-        journal.close()
         if sources is None:
             close_sources(srcs)  # saves torrent resume data, stops the libtorrent session cleanly
 
@@ -326,7 +325,7 @@ def verify(manifest: Manifest, components: list[str] | None = None, repair: bool
         raise UsageError(f"{manifest.path}: no component named {unknown[0]!r}; "
                          f"known: {', '.join(manifest.components)}")
     with RootLock(manifest.root):
-        journal = open_journal(manifest)
+        journal = open_journal(manifest, full_check=True)  # verify reads everything anyway
         try:
             bad = _deep_verify(manifest, journal, names, workers or manifest.daemon.workers, repair)
             bad += [f"expect {p}" for p in report_mod.expectation_problems(manifest, names)]

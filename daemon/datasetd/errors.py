@@ -9,6 +9,7 @@
     │   ├── CorruptArchive   a truncated or unreadable tar
     │   ├── UnsafePath       a symlink or file where datasetd expects its own directory
     │   ├── NoSpace          the filesystem cannot hold what the plan needs
+    │   ├── JournalDamaged   a journal page read mid-run is damaged: moved aside, rebuilt from the archives
     │   ├── BadDevkit        a devkit or label file that does not parse (names file and line)
     │   └── ExpectationFailed  counts on disk differ from the manifest's `expect`
     ├── TemporaryError       may succeed later; carries the delay before the next try
@@ -117,6 +118,16 @@ class NoSpace(PermanentError):
             f"{filesystem}: needs {_human(need, what)} more {what} than are free "
             f"({_human(free, what)} free); free space there or move root"
         )
+
+
+class JournalDamaged(PermanentError):
+    """Met while reading or writing, past the check at open; the journal is moved aside when closed."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: the journal is damaged ({problem}); the next apply moves it aside and "
+                         "rebuilds it by re-proving the tree against its archives: verified data is kept")
 
 
 class BadDevkit(PermanentError):

@@ -36,7 +36,7 @@ EVENTS: dict[str, str] = {
     "tree.adopted": "an existing directory matched its flat tar and was adopted",
     "tree.replaced": "a directory that did not match its flat tar was replaced",
     "tree.verified": "a flat tar's directory was re-read, matched, and flushed to disk",
-    "journal.rebuilt": "the journal was damaged (not a database, cut short, failing quick_check): "
+    "journal.rebuilt": "the journal was damaged (not a database, cut short, a bad page at open or mid-run): "
                        "moved aside and rebuilt by re-proving the tree against its archives",
     "hook.finished": "an on_ready/on_error hook exited 0 (hook, component, phase)",
     "hook.failed": "a hook could not start, exited non-zero (stderr tail) or was killed at hook_timeout; "

@@ -29,7 +29,7 @@ from datasetd.engine.executor import Executor, Outcome, init_worker
 from datasetd.sources.base import Source
 from datasetd.state.access import share_state
 from datasetd.state.durable import write_text_fast
-from datasetd.state.journal import JournalDB
+from datasetd.state.journal import JournalDB, rebuilding
 from datasetd.state.status import StatusBoard
 
 VERIFY_MAX_RATE = 256 * 1024 * 1024  # bytes/s, averaged per unit
@@ -80,11 +80,14 @@ class Job:
 def reconcile(job: Job, board: StatusBoard, sources: Mapping[str, Source],
               planned: Callable[[], None]) -> Outcome:
     """One pass over job.manifest; the journal is opened in this thread, which alone uses it."""
-    journal = JournalDB(job.manifest.state_dir)
-    share_state(job.manifest.state_dir, job.manifest.root)
-    try:
-        first = [planned]
+    def opened() -> JournalDB:
+        journal = JournalDB(job.manifest.state_dir)
+        share_state(job.manifest.state_dir, job.manifest.root)
+        return journal
 
+    first = [planned]  # once per pass, even when damage met mid-run makes it run over a fresh journal
+
+    def run(journal: JournalDB) -> Outcome:
         def beat() -> None:  # once per round of the executor's loop: a sign of life, and "planned" once
             job.touch()
             while first:
@@ -92,8 +95,8 @@ def reconcile(job: Job, board: StatusBoard, sources: Mapping[str, Source],
 
         job.executor = Executor(job.manifest, journal, board, sources=sources, stop=job.stop, on_round=beat)
         return job.executor.run()
-    finally:
-        journal.close()
+
+    return rebuilding(opened, run)
 
 
 # ---- deep verification -----------------------------------------------------------------------
@@ -107,7 +110,7 @@ def deep_verify(job: Job) -> int:
     (the main loop starts one).
     """
     log = logs.get()
-    journal = JournalDB(job.manifest.state_dir)
+    journal = JournalDB(job.manifest.state_dir, full_check=True)  # the pass reads everything anyway
     try:
         units, _unrecorded = recorded_units(job.manifest, journal)  # unrecorded ones are the next pass's
         log.info("verify.started", units=len(units), bytes=sum(u.bytes for u in units))

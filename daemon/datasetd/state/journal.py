@@ -4,9 +4,14 @@ Only the coordinating process writes it. It is a cache, never the truth: if it
 is lost, units are re-proved against their tars (adoption), never trusted.
 WAL mode; `synchronous=FULL` around the commits that allow a delete.
 
-A journal that is not a database, is cut short or fails `PRAGMA quick_check`
-is moved aside (`journal.sqlite.damaged-<time>`) and started afresh: being a
-cache, losing it only means every unit is re-proved against its archive.
+A journal that is not a database, is cut short or fails its check is moved
+aside (`journal.sqlite.damaged-<time>`) and started afresh: being a cache,
+losing it only means every unit is re-proved against its archive. Opening checks
+what a no-op reads whole (the header, the schema, the unit tables: milliseconds
+at ImageNet scale); the full `PRAGMA quick_check` reads every page, so it runs
+where reading everything is the job anyway (`verify`, the daemon's deep verify).
+Damage found later, while reading the file or step table, raises JournalDamaged
+and the journal is moved aside when it is closed: the caller starts afresh.
 `PRAGMA user_version` is the schema generation; `_MIGRATIONS[i]` upgrades
 generation i to i + 1 in one transaction (bandersnatch's storage generations).
 """
@@ -16,14 +21,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from datasetd import logs
 from datasetd.core.model import FileRecord, Journal, UnitIndex
-from datasetd.errors import PermanentError
+from datasetd.errors import JournalDamaged, PermanentError
 from datasetd.state.safedir import check_own_dir
 
 _SCHEMA_1 = """
@@ -70,6 +76,11 @@ CREATE TABLE IF NOT EXISTS unit_stats (
 _MIGRATIONS: tuple[str, ...] = (_SCHEMA_1, _DIRS_2, _FILE_STATS_3)
 GENERATION = len(_MIGRATIONS)
 JOURNAL_NAME = "journal.sqlite"
+# What every open checks page by page: the tables a no-op apply reads whole. `file` (a row per
+# file: most of the pages at ImageNet scale) and `step` (grows with every run) are left to
+# verify's full check, or to the read that meets their damage (JournalDamaged).
+_CHECKED_AT_OPEN = ("archive", "unit_index", "unit", "unit_dirs")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,14 +105,17 @@ class UnitRow:
 
 
 class JournalDB:
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, full_check: bool = False) -> None:
+        """`full_check`: `PRAGMA quick_check` of every page first (verify), not only the unit tables."""
+        self.damaged: str | None = None  # why, once a read or write met damage the open check missed
+        self.writer = state_dir is not None  # holds the root's lock: may move a damaged journal aside
         if state_dir is None:  # `plan` and `status` on a root datasetd never touched: write nothing
             self.path = Path(":memory:")
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
             check_own_dir(state_dir, make=True)
             self.path = state_dir / JOURNAL_NAME
-            self.db = _open_checked(self.path)
+            self.db = _open_checked(self.path, full_check)
         self.db.execute("PRAGMA synchronous=NORMAL")
         with self._guard():
             _upgrade(self.db, self.path)
@@ -126,10 +140,15 @@ class JournalDB:
         self = cls.__new__(cls)
         self.path = path
         self.db = db
+        self.damaged = None
+        self.writer = False
         return self
 
     def close(self) -> None:
         self.db.close()
+        if self.damaged is not None and self.writer:
+            move_aside(self.path, self.damaged)  # closed first: no connection writes through the old name
+            self.writer = False  # once
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -139,9 +158,14 @@ class JournalDB:
         except sqlite3.OperationalError as e:
             raise PermanentError(f"{self.path}: the journal cannot be written ({e}); free space on its "
                                  "filesystem (or fix its permissions) and run again: verified data is kept") from e
-        except sqlite3.DatabaseError as e:  # damaged while open: the next start moves it aside
-            raise PermanentError(f"{self.path}: the journal is damaged ({e}); run again to rebuild it "
-                                 "from the archives: verified data is kept") from e
+        except sqlite3.DatabaseError as e:  # damage the open check did not read: moved aside on close
+            self.damaged = str(e)
+            raise JournalDamaged(str(self.path), str(e)) from e
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[Any]:
+        """Every read goes through here: a damaged page met while reading is damage, not a traceback."""
+        with self._guard():
+            return self.db.execute(sql, args).fetchall()
 
     @contextmanager
     def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -164,10 +188,13 @@ class JournalDB:
     # ---- archives ------------------------------------------------------------------------
 
     def archive(self, component: str) -> ArchiveRow | None:
-        row = self.db.execute(
+        rows = self._read(
             "SELECT path, size, mtime_ns, ino, dev, sha256, md5, indexed FROM archive WHERE component=?",
-            (component,)).fetchone()
-        return ArchiveRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7])) if row else None
+            (component,))
+        if not rows:
+            return None
+        path, size, mtime_ns, ino, dev, sha256, md5, indexed = rows[0]
+        return ArchiveRow(path, size, mtime_ns, ino, dev, sha256, md5, bool(indexed))
 
     def record_archive(self, component: str, row: ArchiveRow, units: list[UnitIndex] | None) -> None:
         with self._tx() as db:
@@ -183,7 +210,7 @@ class JournalDB:
                       u.bytes, u.problem) for u in units])
 
     def unit_index(self, component: str, archive_sha256: str) -> list[UnitIndex]:
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT unit, offset, size, sha256, files, dirs, bytes, problem FROM unit_index "
             "WHERE component=? AND archive_sha256=? ORDER BY unit", (component, archive_sha256))
         return [UnitIndex(*r) for r in rows]
@@ -191,18 +218,18 @@ class JournalDB:
     # ---- units ---------------------------------------------------------------------------
 
     def units(self, component: str) -> dict[str, UnitRow]:
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT u.unit, u.state, u.archive_sha256, u.files, u.bytes, d.dirs FROM unit u "
             "LEFT JOIN unit_dirs d ON d.component=u.component AND d.unit=u.unit WHERE u.component=?", (component,))
         return {r[0]: UnitRow(Journal(r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
     def files(self, component: str, unit: str) -> list[FileRecord]:
-        rows = self.db.execute("SELECT name, size, sha256 FROM file WHERE component=? AND unit=?",
-                               (component, unit))
+        rows = self._read("SELECT name, size, sha256 FROM file WHERE component=? AND unit=?",
+                          (component, unit))
         return [(_name_out(r[0]), r[1], r[2]) for r in rows]
 
     def file_sizes(self, component: str, unit: str) -> dict[str, int]:
-        rows = self.db.execute("SELECT name, size FROM file WHERE component=? AND unit=?", (component, unit))
+        rows = self._read("SELECT name, size FROM file WHERE component=? AND unit=?", (component, unit))
         return {_name_out(name): size for name, size in rows}
 
     def record_extracted(self, component: str, unit: str, archive_sha256: str,
@@ -263,6 +290,24 @@ class JournalDB:
 
 
 
+def rebuilding(open_journal: Callable[[], JournalDB], run: Callable[[JournalDB], T]) -> T:
+    """`run` over the journal; when it met damage the open check did not read (the journal moved
+    itself aside on close), once more over a fresh one, which re-proves every unit."""
+    for last in (False, True):
+        journal = open_journal()
+        try:
+            result = run(journal)
+        except JournalDamaged:
+            if last:
+                raise
+            continue
+        finally:
+            journal.close()
+        if last or journal.damaged is None:
+            return result
+    raise AssertionError("the second run returns or raises")
+
+
 def _name_in(name: str) -> str | bytes:
     """A member name as stored: text when it is valid UTF-8, else its exact bytes (a BLOB).
 
@@ -279,22 +324,34 @@ def _name_out(stored: str | bytes) -> str:
     return stored.decode("utf-8", "surrogateescape") if isinstance(stored, bytes) else stored
 
 
-def damage(path: Path, writer: bool = False) -> str | None:
-    """Why the SQLite file at `path` cannot be trusted, or None when `PRAGMA quick_check` passes.
+def damage(path: Path, writer: bool = False, full: bool = False) -> str | None:
+    """Why the SQLite file at `path` cannot be trusted, or None when its check passes.
 
-    The `writer` (holding the root's lock) opens it read-write, so SQLite recovers the WAL a killed
-    run left; a reader's view of a hot WAL may be stale, never a reason to move the journal aside.
-    Only "not a database" or "malformed" is damage: a busy, locked or unreadable file is not."""
+    SQLite itself refuses a wrong header (magic, page size) and a file shorter than the page count
+    its header records; on top of that the schema and the tables a no-op reads whole are checked
+    page by page (`full`: every page, `PRAGMA quick_check`). The `writer` (holding the root's lock)
+    opens it read-write, so SQLite recovers the WAL a killed run left; a reader's view of a hot WAL
+    may be stale, never a reason to move the journal aside. Only "not a database" or "malformed" is
+    damage: a busy, locked or unreadable file is not."""
     try:
         db = (sqlite3.connect(path, isolation_level=None) if writer else _connect_read_only(path))
-        rows = db.execute("PRAGMA quick_check").fetchall()
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        db.close()
+        try:
+            rows = _check(db, full)
+        finally:
+            db.close()
     except sqlite3.OperationalError:
         return None  # not a verdict on the bytes: opening it for real reports this error
     except sqlite3.DatabaseError as e:
         return str(e)
-    return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+    return None if all(r == ("ok",) for r in rows) else "; ".join(str(r[0]) for r in rows if r != ("ok",))[:500]
+
+
+def _check(db: sqlite3.Connection, full: bool) -> list[Any]:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if full:
+        return db.execute("PRAGMA quick_check").fetchall()
+    return [row for t in _CHECKED_AT_OPEN if t in tables  # an older generation lacks some
+            for row in db.execute(f"PRAGMA quick_check({t})").fetchall()]
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
@@ -309,19 +366,25 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _open_checked(path: Path) -> sqlite3.Connection:
+def _open_checked(path: Path, full: bool) -> sqlite3.Connection:
     """Connect to the journal, first moving a damaged one aside so a fresh one is rebuilt."""
-    if path.exists() and (problem := damage(path, writer=True)) is not None:
-        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-        for suffix in ("", "-wal", "-shm"):
-            # rename, never unlink: the damaged file stays for a post-mortem. No fsync: a crash
-            # before the rename is durable just finds the same damage again on the next start.
-            if os.path.lexists(f"{path}{suffix}"):
-                os.rename(f"{path}{suffix}", f"{aside}{suffix}")
-        logs.get().warning("journal.rebuilt", path=str(path), moved_to=str(aside), problem=problem)
+    if path.exists() and (problem := damage(path, writer=True, full=full)) is not None:
+        move_aside(path, problem)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     return db
+
+
+def move_aside(path: Path, problem: str) -> None:
+    """Rename a damaged journal (and its WAL) out of the way; the next open starts a fresh one.
+    Only the holder of the root's lock, with no connection open on it."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        # rename, never unlink: the damaged file stays for a post-mortem. No fsync: a crash
+        # before the rename is durable just finds the same damage again on the next start.
+        if os.path.lexists(f"{path}{suffix}"):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    logs.get().warning("journal.rebuilt", path=str(path), moved_to=str(aside), problem=problem)
 
 
 def _upgrade(db: sqlite3.Connection, path: Path) -> None:
