@@ -10,7 +10,7 @@ losing it only means every unit is re-proved against its archive. Opening checks
 what a no-op reads whole (the header, the schema, the unit tables: milliseconds
 at ImageNet scale); the full `PRAGMA quick_check` reads every page, so it runs
 where reading everything is the job anyway (`verify`, the daemon's deep verify).
-Damage found later, while reading the file or step table, raises JournalDamaged
+Damage found later, while reading the file, stats or step table, raises JournalDamaged
 and the journal is moved aside when it is closed: the caller starts afresh.
 `PRAGMA user_version` is the schema generation; `_MIGRATIONS[i]` upgrades
 generation i to i + 1 in one transaction (bandersnatch's storage generations).
@@ -77,7 +77,8 @@ _MIGRATIONS: tuple[str, ...] = (_SCHEMA_1, _DIRS_2, _FILE_STATS_3)
 GENERATION = len(_MIGRATIONS)
 JOURNAL_NAME = "journal.sqlite"
 # What every open checks page by page: the tables a no-op apply reads whole. `file` (a row per
-# file: most of the pages at ImageNet scale) and `step` (grows with every run) are left to
+# file: most of the pages at ImageNet scale), `unit_stats` (a stamp per file, read only before a
+# delete) and `step` (grows with every run) are left to
 # verify's full check, or to the read that meets their damage (JournalDamaged).
 _CHECKED_AT_OPEN = ("archive", "unit_index", "unit", "unit_dirs")
 T = TypeVar("T")
@@ -267,9 +268,8 @@ class JournalDB:
             db.execute("INSERT OR REPLACE INTO unit_stats VALUES (?,?,?)", (component, unit, stats))
 
     def file_stats(self, component: str, unit: str) -> bytes | None:
-        row = self.db.execute("SELECT stats FROM unit_stats WHERE component=? AND unit=?",
-                              (component, unit)).fetchone()
-        return bytes(row[0]) if row is not None else None
+        rows = self._read("SELECT stats FROM unit_stats WHERE component=? AND unit=?", (component, unit))
+        return bytes(rows[0][0]) if rows else None
 
     def forget_unit(self, component: str, unit: str) -> None:
         with self._tx() as db:
