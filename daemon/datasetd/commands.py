@@ -20,6 +20,7 @@ from datasetd.core.costs import Need, fetch_bytes, space_needs, traffic
 from datasetd.core.model import Action, Observed, TarCount
 from datasetd.core.planning import plan as make_plan
 from datasetd.core.summary import human_bytes, summarize
+from datasetd.engine import digestlists
 from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
@@ -355,4 +356,6 @@ def _deep_verify(manifest: Manifest, journal: JournalDB, names: list[str], worke
     # Without --repair verify only reports: records stay, so a mismatch is still seen on the next run.
     recorded, unaccounted = account_for_manifest(manifest, journal, names)
     tally = verify_units(journal, recorded, Pace(workers), threading.Event(), forget=repair)
-    return sorted(unaccounted + tally.problems)
+    lost = [f"{path}: digest list missing (unit {unit} of {component}); run apply to rewrite it from the journal"
+            for component, unit, path in digestlists.lost(manifest, ((u.component, u.name) for u in recorded))]
+    return sorted(unaccounted + tally.problems + lost)

@@ -45,6 +45,7 @@ EVENTS: dict[str, str] = {
     "status.unwritable": "status.json could not be written (full disk?); work goes on, status resumes later",
     "step.failed": "an action failed permanently; the message says what to do",
     "step.retrying": "an action failed temporarily and will be retried after a delay",
+    "digests.rewritten": "a deleted sha256sum list under .datasetd/sha256/ was written again from the journal",
     "delete.reproved": "before a delete, its dependent folders were proved (by fingerprint, or re-hashed)",
     "delete.refused": "a tar or archive was kept: a folder that depends on it no longer matches its record",
     "verify.mismatch": "deep verification found a file that differs from its record",

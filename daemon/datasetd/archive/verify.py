@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasetd.archive import fingerprint
-from datasetd.core.model import CHUNK, FileRecord
+from datasetd.archive import unpack
+from datasetd.core.model import CHUNK, FileRecord, Origin
+from datasetd.state import filestats
 from datasetd.state.fswalk import list_files
 
 # What a delete re-proves: each dependent unit's name, folder, record and fingerprint blob (or None).
@@ -38,7 +39,7 @@ def reprove_then_unlink(last_copy: Path, units: list[Dependent]) -> Reproved:
     failed: list[tuple[str, list[str]]] = []
     rehashed = 0
     for unit, folder, records, blob in units:
-        if records and fingerprint.unchanged(folder, records, blob):
+        if records and filestats.unchanged(folder, records, blob):
             continue
         rehashed += 1
         problems = verify_folder(folder, records, blob) if records else [f"{folder}: no record to prove"]
@@ -50,11 +51,11 @@ def reprove_then_unlink(last_copy: Path, units: list[Dependent]) -> Reproved:
     return Reproved(failed, rehashed, len(units) - rehashed)
 
 
-def prove_folder(folder: Path, records: list[FileRecord], blob: bytes | None = None
-                 ) -> tuple[list[str], bytes | None]:
+def prove_folder(folder: Path, records: list[FileRecord]) -> tuple[list[str], bytes | None]:
     """verify_folder, with the fingerprint of the proved files: stat'ed before their bytes are read."""
-    taken = fingerprint.take(folder, records)
-    problems = verify_folder(folder, records, blob)
+    taken = filestats.take(folder, records)
+    # Its directories are the ones just extracted (an archive may hold empty ones): none is extra.
+    problems = verify_folder(folder, records, taken)
     return problems, None if problems else taken
 
 
@@ -72,8 +73,10 @@ def verify_folder(folder: Path, records: list[FileRecord], blob: bytes | None = 
     expected = {name: (size, digest) for name, size, digest in records}
     for name in sorted(set(listing.files) - set(expected)):
         problems.append(f"{folder}/{name}: not in the archive (unexpected file)")
-    for name in sorted(listing.dir_names() - fingerprint.expected_dirs(records, blob)):
-        problems.append(f"{folder}/{name}: not in the archive (unexpected directory)")
+    extra_dirs = listing.dir_names() - filestats.expected_dirs(expected, blob)
+    for name in sorted(extra_dirs):
+        if name.rpartition("/")[0] not in extra_dirs:  # one line for an extra tree: its top
+            problems.append(f"{folder}/{name}: not in the archive (unexpected directory)")
     for name, (size, digest) in sorted(expected.items()):
         actual_size = listing.files.get(name)
         if actual_size is None:
@@ -110,3 +113,21 @@ def digest_list(records: Iterable[FileRecord], prefix: str) -> str:
         else:
             lines.append(f"{digest}  {path}\n")
     return "".join(lines)
+
+
+# ---- a unit read back while extracted is verified there: fingerprint it right after ------------
+
+
+def extract_fingerprinted(origin: Origin, folder: Path, partial: Path, old: Path,
+                          expected_bytes: int) -> tuple[unpack.Extracted, bytes | None]:
+    """unpack.extract_unit, then the fingerprint of what it read back. The stat follows the read-back
+    by the rest of the unit's extraction: only a writer racing datasetd inside its own fresh folder
+    in that moment could slip past it (any change after the stat is seen)."""
+    result = unpack.extract_unit(origin, folder, partial, old, expected_bytes)
+    return result, filestats.take(folder, result.files) if result.read_back else None
+
+
+def adopt_fingerprinted(origin: Origin, folder: Path, partial: Path, old: Path,
+                        expected_bytes: int) -> tuple[tuple[bool, unpack.Extracted], bytes | None]:
+    adopted, result = unpack.adopt_unit(origin, folder, partial, old, expected_bytes)
+    return (adopted, result), filestats.take(folder, result.files) if result.read_back else None

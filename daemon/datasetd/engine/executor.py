@@ -37,6 +37,7 @@ from datasetd.core.costs import space_needs
 from datasetd.core.model import Action, Blocked, ComponentState, IndexArchive, Journal, Observed, UnitAction
 from datasetd.core.planning import is_ready, plan
 from datasetd.core.summary import summarize
+from datasetd.engine import digestlists
 from datasetd.engine.steps import STEPS, Hands, index_progress_path
 from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
@@ -151,6 +152,9 @@ class Executor:
         check_space(self.manifest, observed)
         self.observed = dict(observed.components)
         self._keep_fingerprints()
+        digestlists.rewrite_lost(self.manifest, self.journal, (
+            (name, u.name) for name, state in self.observed.items() for u in state.units
+            if u.journal is not Journal.NONE))
         with self._pools() as pools:
             self._pools_by_place = pools
             try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from datasetd import logs
-from datasetd.archive import arrange, fingerprint, unpack, verify
+from datasetd.archive import arrange, unpack, verify
 from datasetd.archive.digest import check_pins
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core.model import (
@@ -35,6 +35,7 @@ from datasetd.core.model import (
     VerifyUnit,
 )
 from datasetd.core.planning import unit_paths
+from datasetd.engine import digestlists
 from datasetd.errors import PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, Source
 from datasetd.state.durable import write_text_atomic, write_text_fast
@@ -159,14 +160,14 @@ def _index_record(hands: Hands, action: IndexArchive, result: unpack.IndexResult
 # ---- units -------------------------------------------------------------------------------------
 
 
-# Both return the fingerprint of the files read back (archive/fingerprint.py) beside the result.
+# Both return the fingerprint of the files read back (state/filestats.py) beside the result.
 def _extract_work(hands: Hands, action: ExtractUnit) -> Work:
-    return fingerprint.extract_unit, (action.origin, action.folder, action.partial, action.old,
+    return verify.extract_fingerprinted, (action.origin, action.folder, action.partial, action.old,
                                       action.expected_bytes)
 
 
 def _adopt_work(hands: Hands, action: AdoptUnit) -> Work:
-    return fingerprint.adopt_unit, (action.origin, action.folder, action.partial, action.old,
+    return verify.adopt_fingerprinted, (action.origin, action.folder, action.partial, action.old,
                                     action.expected_bytes)
 
 
@@ -199,8 +200,7 @@ def _record_unit(hands: Hands, component: str, unit: str, result: unpack.Extract
     archive = hands.journal.archive(component)
     assert archive is not None  # a unit is extracted only from an indexed archive
     prefix = "" if unit == FLAT else f"{unit}/"
-    list_name = component if unit == FLAT else unit
-    digest_file = hands.manifest.state_dir / "sha256" / component / f"{list_name}.sha256"
+    digest_file = digestlists.list_path(hands.manifest, component, unit)
     # Not flushed here: the group commit's syncfs covers it before VERIFIED is recorded.
     write_text_fast(digest_file, verify.digest_list(result.files, prefix))
     hands.journal.record_extracted(component, unit, archive.sha256, result.files, stats)
@@ -249,7 +249,7 @@ def _arrange_record(hands: Hands, action: ArrangeByClass, result: arrange.Arrang
     root = hands.manifest.root
     archive = hands.journal.archive(comp.name)
     assert archive is not None  # arranged only once extracted from an indexed archive
-    digest_file = hands.manifest.state_dir / "sha256" / comp.name / f"{comp.name}.sha256"
+    digest_file = digestlists.list_path(hands.manifest, comp.name, action.unit)
     # Flushed: the renames are already durable (arrange fsyncs the folders), the list must say so too.
     write_text_atomic(digest_file, verify.digest_list(result.files, ""))
     hands.journal.record_extracted(comp.name, action.unit, archive.sha256, result.files)

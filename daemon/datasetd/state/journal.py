@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS unit_dirs (
     PRIMARY KEY (component, unit)) WITHOUT ROWID;
 """
 # Generation 3: each verified unit keeps the (inode, size, ctime_ns) of its files, one compressed blob
-# per unit (archive/fingerprint.py), so a delete re-proves a folder by stat instead of re-reading it.
+# per unit (state/filestats.py), so a delete re-proves a folder by stat instead of re-reading it.
 # Units recorded before have none: their deletes re-hash, as generation 2 always did.
 _FILE_STATS_3 = """
 CREATE TABLE IF NOT EXISTS unit_stats (

@@ -16,6 +16,7 @@ from datasetd.config.manifest import Component, Manifest
 from datasetd.core import arrangement
 from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Observed, UnitIndex, UnitState
 from datasetd.core.planning import unit_paths
+from datasetd.state.filestats import expected_dirs
 from datasetd.state.fswalk import list_files, unchanged_since
 from datasetd.state.journal import ArchiveRow, JournalDB, UnitRow
 from datasetd.state.safedir import check_own_dir
@@ -73,7 +74,10 @@ def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sh
     intact, seen = False, None
     if folder and state is not Journal.NONE:
         assert row is not None
-        intact, seen = _intact(paths.folder, row, sizes)
+        # Directories are checked once the unit is verified: until then it has no record of them
+        # (an archive's empty directory members) but the ones its files imply.
+        stats = (lambda: journal.file_stats(comp.name, idx.name)) if state is Journal.VERIFIED else None
+        intact, seen = _intact(paths.folder, row, sizes, stats)
     arranged = comp.arrange is not None and folder and state is not Journal.NONE and arrangement.arranged(sizes())
     arranging = comp.arrange is not None and os.path.lexists(paths.arrange_plan)
     return UnitState(index=idx, loose_tar=loose, loose_tar_ok=loose_ok, folder=folder,
@@ -93,13 +97,16 @@ def loose_tar_names(comp: Component) -> frozenset[str]:
     return frozenset(names)
 
 
-def _intact(folder: Path, row: UnitRow, recorded: Callable[[], dict[str, int]]) -> tuple[bool, str | None]:
-    """(names and sizes as recorded, a new fingerprint to keep). An unchanged fingerprint proves the
-    member set with one stat per directory; sizes changed in place are deep verification's to find."""
+def _intact(folder: Path, row: UnitRow, recorded: Callable[[], dict[str, int]],
+            stats: Callable[[], bytes | None] | None) -> tuple[bool, str | None]:
+    """(names, sizes and directories as recorded, a new fingerprint to keep). An unchanged fingerprint
+    proves the member set with one stat per directory; sizes changed in place are deep verification's
+    to find. A directory the unit did not have is, like a file it did not have, a folder to repair."""
     if row.dirs is not None and unchanged_since(folder, row.dirs):
         return True, None
     listing = list_files(folder)
-    intact = not listing.problems and listing.files == recorded()
+    intact = (not listing.problems and listing.files == recorded()
+              and (stats is None or listing.dir_names() <= expected_dirs(recorded(), stats())))
     return intact, listing.fingerprint() if intact else None
 
 

@@ -1,10 +1,10 @@
 """A unit's file fingerprint: (inode, size, ctime_ns) of every file, taken when the unit is verified.
 
-Worker-process code. The fingerprint is kept in the journal (one compact blob per unit) and lets a
-delete (archive/verify.py `reprove_then_unlink`) prove a folder with one `lstat` per file instead of
-re-reading its bytes: a write, a truncate, a chmod or a replaced file all move a file's ctime, and
-ctime cannot be set from user space (`touch` and `os.utime` set it to now). Where anything differs,
-or a stamp is too recent to be trusted, the delete falls back to the full re-hash.
+Taken in the worker that verified the unit (archive/verify.py), kept in the journal (one compact
+blob per unit), it lets a delete (archive/verify.py `reprove_then_unlink`) prove a folder with one
+`lstat` per file instead of re-reading its bytes: a write, a truncate, a chmod or a replaced file
+all move a file's ctime, and ctime cannot be set from user space (`touch` and `os.utime` set it to
+now). Where anything differs, or a stamp is too recent to be trusted, the delete re-hashes.
 
 The blob also keeps the unit's directories as they were when it was verified, so `verify` can name
 a directory the archive did not have (an extra empty one holds no file to miss).
@@ -17,11 +17,11 @@ import stat
 import struct
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasetd.archive import unpack
-from datasetd.core.model import FileRecord, Origin
+from datasetd.core.model import FileRecord
 
 # A file changed within the same timestamp tick as the stat that fingerprinted it keeps its ctime
 # ("racy git"). Linux stamps files from a coarse clock ticking every 1-10 ms; a filesystem with
@@ -135,31 +135,13 @@ def unchanged(folder: Path, records: list[FileRecord], blob: bytes | None) -> bo
     return True
 
 
-def expected_dirs(records: list[FileRecord], blob: bytes | None) -> set[str]:
+def expected_dirs(names: Iterable[str], blob: bytes | None) -> set[str]:
     """The unit's directories: as fingerprinted at verification, else those its files imply."""
     fp = decode(blob) if blob is not None else None
     if fp is not None:
         return set(fp.dirs)
     implied: set[str] = set()
-    for name, _size, _digest in records:
+    for name in names:
         parts = name.split("/")[:-1]
         implied.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     return implied
-
-
-# ---- a unit read back while extracted is verified there: fingerprint it right after ------------
-
-
-def extract_unit(origin: Origin, folder: Path, partial: Path, old: Path,
-                 expected_bytes: int) -> tuple[unpack.Extracted, bytes | None]:
-    """unpack.extract_unit, then the fingerprint of what it read back. The stat follows the read-back
-    by the rest of the unit's extraction: only a writer racing datasetd inside its own fresh folder
-    in that moment could slip past it (any change after the stat is seen)."""
-    result = unpack.extract_unit(origin, folder, partial, old, expected_bytes)
-    return result, take(folder, result.files) if result.read_back else None
-
-
-def adopt_unit(origin: Origin, folder: Path, partial: Path, old: Path,
-               expected_bytes: int) -> tuple[tuple[bool, unpack.Extracted], bytes | None]:
-    adopted, result = unpack.adopt_unit(origin, folder, partial, old, expected_bytes)
-    return (adopted, result), take(folder, result.files) if result.read_back else None
