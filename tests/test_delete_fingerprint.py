@@ -77,6 +77,19 @@ def test_a_unit_without_fingerprint_is_rehashed_before_its_tar_goes(dataset: Dat
     assert not z_tar.exists()
 
 
+def test_a_clean_deep_verify_gives_a_unit_without_fingerprint_one(dataset: Dataset, tmp_path: Path) -> None:
+    _unpinned_train(dataset)
+    assert dataset.run("apply") == 0
+    with dataset.journal() as db:
+        db.execute("DELETE FROM unit_stats WHERE unit=?", (UNIT,))
+    assert dataset.run("verify") == 0
+    z_tar = _z_tar_back(dataset, tmp_path)
+    with FileReads(dataset.root / "train" / UNIT) as reads:
+        assert dataset.run("apply") == 0
+    assert not z_tar.exists()
+    assert reads.opened == set(), "proved by the fingerprint the verify took"
+
+
 def test_keep_archive_switched_off_on_an_untouched_tree_deletes_without_reading(tmp_path: Path) -> None:
     val, _ = build_val(WNIDS)
     root = tmp_path / "root"

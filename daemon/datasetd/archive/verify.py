@@ -51,11 +51,23 @@ def reprove_then_unlink(last_copy: Path, units: list[Dependent]) -> Reproved:
     return Reproved(failed, rehashed, len(units) - rehashed)
 
 
-def prove_folder(folder: Path, records: list[FileRecord]) -> tuple[list[str], bytes | None]:
-    """verify_folder, with the fingerprint of the proved files: stat'ed before their bytes are read."""
+Proof = tuple[list[str], bytes | None]  # a unit's problems, and the fingerprint of its files when none
+
+
+def prove_folder(folder: Path, records: list[FileRecord]) -> Proof:
+    """verify_folder of a unit just extracted, with the fingerprint of the files it proved (stat'ed
+    before their bytes are read). Its directories are the ones extracted: none is extra."""
     taken = filestats.take(folder, records)
-    # Its directories are the ones just extracted (an archive may hold empty ones): none is extra.
     problems = verify_folder(folder, records, taken)
+    return problems, None if problems else taken
+
+
+def reprove_folder(folder: Path, records: list[FileRecord], blob: bytes | None) -> Proof:
+    """verify_folder of a recorded unit (deep verification), its directories checked against `blob`,
+    with a fresh fingerprint when it is clean: a unit recorded without one (an older journal, a val
+    tree moved by class) then lets its archive go on a stat per file too."""
+    taken = filestats.take(folder, records)
+    problems = verify_folder(folder, records, blob)
     return problems, None if problems else taken
 
 

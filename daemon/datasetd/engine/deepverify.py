@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasetd import logs
-from datasetd.archive.verify import verify_folder
+from datasetd.archive.verify import Proof, reprove_folder
 from datasetd.config.manifest import Manifest
 from datasetd.core.model import Journal
 from datasetd.core.planning import selected_units, unit_paths
@@ -131,19 +131,22 @@ def verify_units(journal: JournalDB, units: list[RecordedUnit], pace: Pace, stop
     with _pool(pace, stop) as pool:
         window = max(1, pace.workers)
         queue = iter(units)
-        running: list[tuple[RecordedUnit, multiprocessing.pool.AsyncResult[list[str]], float]] = []
+        running: list[tuple[RecordedUnit, multiprocessing.pool.AsyncResult[Proof], float]] = []
         while not stop.is_set():
             while len(running) < window and (unit := next(queue, None)) is not None:
                 records = journal.files(unit.component, unit.name)
                 stats = journal.file_stats(unit.component, unit.name)  # which directories it had
-                running.append((unit, pool.apply_async(verify_folder, (unit.folder, records, stats)),
+                running.append((unit, pool.apply_async(reprove_folder, (unit.folder, records, stats)),
                                 time.monotonic()))
             if not running:
                 break
             unit, pending, started = running.pop(0)
-            found = _wait(pending, unit, stop, beat)
-            if found is None:
+            proof = _wait(pending, unit, stop, beat)
+            if proof is None:
                 break
+            found, fresh = proof
+            if fresh is not None:  # proved now: the next delete needs only a stat per file
+                journal.record_stats(unit.component, unit.name, fresh)
             tally.checked += 1
             tally.mismatched += bool(found)
             tally.problems.extend(found)
@@ -153,19 +156,19 @@ def verify_units(journal: JournalDB, units: list[RecordedUnit], pace: Pace, stop
     return tally
 
 
-def _wait(pending: multiprocessing.pool.AsyncResult[list[str]], unit: RecordedUnit, stop: threading.Event,
-          beat: Callable[[], None]) -> list[str] | None:
-    """The unit's problems, or None when a stop came first."""
+def _wait(pending: multiprocessing.pool.AsyncResult[Proof], unit: RecordedUnit, stop: threading.Event,
+          beat: Callable[[], None]) -> Proof | None:
+    """The unit's problems and fresh fingerprint, or None when a stop came first."""
     while True:
         try:
-            found: list[str] = pending.get(timeout=1.0)
+            found: Proof = pending.get(timeout=1.0)
             break
         except multiprocessing.TimeoutError:
             beat()  # waiting on a live worker is a sign of life, however slow the disk
             if stop.is_set():
                 return None
         except OSError as exc:
-            found = [f"{unit.folder}: cannot read ({exc.strerror or exc})"]
+            found = ([f"{unit.folder}: cannot read ({exc.strerror or exc})"], None)
             break
     beat()
     return None if stop.is_set() else found
