@@ -139,11 +139,15 @@ def test_file_removed_behind_our_back_is_restored_by_apply(dataset: Dataset) -> 
     assert victim.read_bytes() == data
 
 
-def test_wrong_archive_digest_fails_before_writing_anything(dataset: Dataset, tmp_path: Path) -> None:
+def test_wrong_archive_digest_fails_and_records_nothing(dataset: Dataset, tmp_path: Path) -> None:
+    # The archive is hashed while its classes are extracted (archive.proved): folders may appear before
+    # the verdict, but none is recorded, so none is ever trusted (test_prove_overlap has the rest).
     text = dataset.manifest.read_text().replace(sha256(dataset.train_bytes), "0" * 64)
     dataset.manifest.write_text(text)
     assert dataset.run("apply") == 1
-    assert not (dataset.root / "train").exists()
+    assert not journal_units(dataset.root, "verified", "train")
+    assert not journal_units(dataset.root, "extracted", "train")
+    assert (dataset.root / "sources" / "train.tar").read_bytes() == dataset.train_bytes
     err = dataset.status()["components"]["train"]["last_error"]
     assert "sha256" in err and "0" * 64 in err and sha256(dataset.train_bytes) in err
 

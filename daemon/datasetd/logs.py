@@ -22,7 +22,12 @@ EVENTS: dict[str, str] = {
     "apply.failed": "the pass ended with components in error (each listed)",
     "apply.stopped": "a stop was requested; in-flight steps finished or were abandoned safely",
     "space.checked": "predicted need vs free space per filesystem",
-    "archive.indexed": "an archive was hashed, matched its pins, and its units were listed",
+    "archive.indexed": "an archive's units were listed (hashed and matched to its pins, or, for a pinned tar of "
+                       "class tars, from its headers alone: archive.proved follows)",
+    "archive.proved": "a pinned archive indexed from its headers was hashed while its units were extracted, and "
+                      "matched its pins (units_started: unit steps begun before the verdict)",
+    "archive.refused": "an archive hashed while its units were extracted broke its pin: those units are forgotten "
+                       "(their folders stay unrecorded), nothing was deleted",
     "archive.unpinned": "an archive has no sha256/md5 in the manifest; the computed sha256 is logged to pin it",
     "archive.deleted": "a downloaded archive was removed after everything from it was verified",
     "class.extracted": "a class tar was extracted (files, bytes) and its digests recorded",

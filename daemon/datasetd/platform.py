@@ -75,6 +75,13 @@ def sequential_hint(fd: int, offset: int = 0, length: int = 0) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
 
 
+def random_hint(fd: int) -> None:
+    """Tell the kernel a file is read at scattered places (no read-ahead): a pass over tar headers
+    then reads their pages only, not the member data between them; a no-op where unsupported."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+
 def pid_alive(pid: object) -> bool:
     """Whether a process with this pid exists (signal 0). Only positive pids: 0 and -1 name groups."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid > 2**22:

@@ -10,8 +10,14 @@ import contextlib
 import os
 import threading
 from pathlib import Path
+from typing import Protocol
 
-from datasetd.archive.tarsafe import HashingReader
+
+class Counted(Protocol):
+    """What the progress file reads its parser's position from (a HashingReader, or a tar's offset)."""
+
+    @property
+    def count(self) -> int: ...
 
 
 class ProgressFile:
@@ -22,7 +28,7 @@ class ProgressFile:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.parser: HashingReader | None = None
+        self.parser: Counted | None = None
         self._hashed = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-progress", daemon=True)

@@ -199,6 +199,29 @@ class BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tf)  # type: ignore[misc,no-any-return]
 
 
+def open_seekable(f: IO[bytes], archive: str) -> tarfile.TarFile:
+    """An uncompressed tar on a seekable file: tarfile reads each header and seeks past the data."""
+    try:
+        return tarfile.open(fileobj=f, mode="r:", tarinfo=BoundedTarInfo)
+    except tarfile.TarError as e:
+        raise CorruptArchive(archive, f"not a readable tar: {e}") from e
+
+
+def check_zero_tail(f: IO[bytes], archive: str, end: int, size: int) -> None:
+    """TailCheck's rule on a seekable file: after `end` (where tarfile stopped reading members) come
+    at least two zero blocks and only zeros to the `size`-th byte."""
+    problem = CorruptArchive(archive, f"no end-of-archive marker after byte {end}: truncated or damaged")
+    if size < end + 2 * tarfile.BLOCKSIZE:
+        raise problem
+    f.seek(end)
+    left = size - end
+    while left:
+        data = f.read(min(left, 1 << 20))
+        if not data or data.strip(b"\0"):
+            raise problem
+        left -= len(data)
+
+
 def open_stream(reader: Readable, archive: str, compressed: bool = True) -> tarfile.TarFile:
     """A streaming reader: members in order, no seeking, any compression tarfile knows (or none)."""
     fileobj = cast(IO[bytes], reader)  # tarfile only calls read()

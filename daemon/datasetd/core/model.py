@@ -17,6 +17,14 @@ from datasetd.config.manifest import Component
 FLAT = "."  # unit name of a flat tar: the unit is `into` itself
 CHUNK = 1 << 20  # bytes per read wherever datasetd reads a file through (hashing, copying)
 FileRecord = tuple[str, int, str]  # one extracted file: name relative to its unit, size, sha256
+# What the journal keys an archive's units by while the archive's digest has not yet been checked
+# against its pin (its index is in, its hash runs alongside the extraction): a key no real sha256
+# can equal, so nothing recorded under it is ever taken for a unit of the pinned archive.
+UNPROVEN = "unproven:"
+
+
+def unproven(archive_sha256: str) -> bool:
+    return archive_sha256.startswith(UNPROVEN)
 
 
 class Journal(StrEnum):
@@ -75,6 +83,9 @@ class ArchiveState:
     size: int | None = None
     verified: bool = False  # journal holds digests for exactly this file (size, mtime, inode)
     indexed: bool = False
+    # False while the index is recorded but the digest is not yet checked against the pin: units
+    # with nothing on disk may be extracted meanwhile, none is committed verified before the verdict
+    proven: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,9 @@ class Origin:
     size: int
     sha256: str
     loose: bool
+    # the index pass checked these members (names, types, tarfile's filter); False for a unit of an
+    # archive indexed from its outer headers only: its extraction runs every check itself
+    checked: bool = True
 
 
 Phase = Literal["fetching", "unpacking", "verifying"]
@@ -145,6 +159,18 @@ class IndexArchive(Action):
     """Hash the archive, check it against the manifest, list its units and members."""
 
     runs_in: ClassVar[RunsIn] = "worker"
+    path: Path
+
+    def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:
+        return (state.archive.size or comp.size or 0, 0)
+
+
+@dataclass(frozen=True)
+class ProveArchive(Action):
+    """Hash an archive whose index is already recorded and check the digest against its pin, while
+    units are extracted from it; its verdict gates every commit of those units as verified."""
+
+    runs_in: ClassVar[RunsIn] = "thread"  # hashlib and read() release the GIL: a core of its own
     path: Path
 
     def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from datasetd.core.model import (
     MarkProcessed,
     Observed,
     Origin,
+    ProveArchive,
     UnitState,
     VerifyUnit,
 )
@@ -89,6 +90,8 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
     if not archive.indexed:
         return [_archive_step(comp, archive)]
     units = selected_units(comp, state)
+    if not archive.proven:
+        return _while_proving(comp, archive, units)
     refusal = _refusal(comp, state, units)
     if refusal is not None:
         return [refusal]
@@ -104,6 +107,21 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
         actions.append(_archive_step(comp, archive))
     if not actions and _may_delete_archive(comp, archive):
         actions.append(DeleteArchive(comp.name, path=comp.archive))
+    return actions
+
+
+def _while_proving(comp: Component, archive: ArchiveState, units: tuple[UnitState, ...]) -> list[Action]:
+    """The outer headers are indexed, the full pass not yet: run it (ProveArchive), and meanwhile
+    extract every unit that has nothing on disk, read in place. What would replace, adopt, rename
+    or delete anything waits for the verdict, and no unit is committed verified before it (the
+    executor's group commit): a bad archive forgets and removes only folders made meanwhile."""
+    actions: list[Action] = [ProveArchive(comp.name, path=comp.archive)]
+    if comp.expect is not None or comp.classes is not None:
+        return actions  # what they refuse is known from the full index only: no work before it
+    for unit in units:
+        action = plan_unit(comp, archive, unit)
+        if isinstance(action, ExtractUnit) and not action.replace and not action.origin.loose:
+            actions.append(action)
     return actions
 
 
@@ -212,7 +230,8 @@ def _origin(comp: Component, archive: ArchiveState, unit: UnitState, loose: Path
     if loose is not None:
         return Origin(path=loose, offset=0, size=idx.size, sha256=idx.sha256, loose=True)
     if archive.present and archive.verified:
-        return Origin(path=comp.archive, offset=idx.offset, size=idx.size, sha256=idx.sha256, loose=False)
+        return Origin(path=comp.archive, offset=idx.offset, size=idx.size, sha256=idx.sha256, loose=False,
+                      checked=archive.proven)
     return None
 
 

@@ -34,11 +34,20 @@ from datasetd import logs, platform
 from datasetd.archive.indexprogress import read_progress
 from datasetd.config.manifest import Manifest
 from datasetd.core.costs import space_needs
-from datasetd.core.model import Action, Blocked, ComponentState, IndexArchive, Journal, Observed, UnitAction
+from datasetd.core.model import (
+    Action,
+    Blocked,
+    ComponentState,
+    IndexArchive,
+    Journal,
+    Observed,
+    ProveArchive,
+    UnitAction,
+)
 from datasetd.core.planning import is_ready, plan
 from datasetd.core.summary import summarize
 from datasetd.engine import digestlists
-from datasetd.engine.steps import STEPS, Hands, index_progress_path
+from datasetd.engine.steps import STEPS, Hands, discard_unproven, index_progress_path
 from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
 from datasetd.state.journal import JournalDB
@@ -98,6 +107,7 @@ class Executor:
         self.on_round = on_round  # called once per loop round (the daemon's heartbeat)
         self.log = logs.get()
         self.hands = Hands(manifest, journal, board, sources or {})
+        self.hands.units_busy = self._units_busy
         self.observed: dict[str, ComponentState] = {}
         self.states: dict[Key, StepState] = {}
         self.futures: dict[cf.Future[Any], Key] = {}
@@ -209,7 +219,25 @@ class Executor:
             self._report()
 
     def _awaiting_commit(self) -> dict[Key, float]:
-        return {k: s.verified_at for k, s in self.states.items() if s.verified_at is not None}
+        """Verified units waiting for the group commit; none of a component in error (an archive whose
+        digest broke its pin leaves its units unrecorded: the loop must not wait for them)."""
+        failed = {k[0] for k, s in self.states.items() if s.failed is not None and not k[1]}
+        return {k: s.verified_at for k, s in self.states.items()
+                if s.verified_at is not None and k[0] not in failed}
+
+    def _units_busy(self, component: str) -> list[UnitAction]:
+        """The unit steps of `component` running now, or done and waiting for the group commit."""
+        return [UnitAction(component, k[1]) for k, s in self.states.items()
+                if k[0] == component and k[1] and s.busy]
+
+    def _extracted(self, key: Key) -> bool:
+        state = self.observed.get(key[0])
+        unit = next((u for u in state.units if u.name == key[1]), None) if state is not None else None
+        return unit is not None and unit.journal is Journal.EXTRACTED
+
+    def _proven(self, component: str) -> bool:
+        state = self.observed.get(component)
+        return state is None or state.archive.proven
 
     def _next_wakeup(self, retry_at: float | None) -> float:
         now = time.monotonic()
@@ -274,6 +302,12 @@ class Executor:
         if action.component not in self.manifest.components:
             self.states.pop(key, None)
             return  # removed from the manifest while it ran: its result stays on disk, unrecorded
+        if isinstance(action, UnitAction) and action.component in self.hands.refused:
+            # The archive's digest broke its pin while this unit was extracted from it: not recorded,
+            # and the folder it made is removed (a bad archive leaves the tree as it found it).
+            discard_unproven(self.hands, action)
+            self._refresh(action)
+            return
         try:
             verified = STEPS[type(action)].record(self.hands, action, future.result())
         except Exception as exc:  # noqa: BLE001 - classify decides; nothing escapes unlogged
@@ -283,7 +317,7 @@ class Executor:
                 self.board.update(action.component, retry=None)  # the retry worked: stop saying it is pending
             self._set(key, attempts=0, verified_at=time.monotonic() if verified else None)
         self._refresh(action)
-        if isinstance(action, IndexArchive) and self._state(key).failed is None:
+        if isinstance(action, (IndexArchive, ProveArchive)) and self._state(key).failed is None:
             self._recheck_space(action)
 
     def _recheck_space(self, action: Action) -> None:
@@ -337,7 +371,11 @@ class Executor:
     # ---- group commit ------------------------------------------------------------------------
 
     def _commit(self, force: bool = False) -> None:
-        waiting = self._awaiting_commit()
+        for key in self._awaiting_commit():
+            if not self._extracted(key):
+                self._set(key, verified_at=None)  # forgotten meanwhile (its class was refused): not committed
+        # Units of an archive whose digest is still being checked wait for the verdict.
+        waiting = {k: t for k, t in self._awaiting_commit().items() if self._proven(k[0])}
         if not waiting:
             return
         idle = not self.futures

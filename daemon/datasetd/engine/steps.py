@@ -10,19 +10,22 @@ the table covers every concrete Action type.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from datasetd import logs
-from datasetd.archive import arrange, unpack, verify
+from datasetd.archive import arrange, headerindex, unpack, verify
 from datasetd.archive.digest import check_pins
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core.model import (
     FLAT,
+    UNPROVEN,
     Action,
     AdoptUnit,
     ArrangeByClass,
@@ -32,15 +35,19 @@ from datasetd.core.model import (
     Fetch,
     IndexArchive,
     MarkProcessed,
+    ProveArchive,
+    UnitAction,
     VerifyUnit,
+    unproven,
 )
 from datasetd.core.planning import unit_paths
 from datasetd.engine import digestlists
-from datasetd.errors import PermanentError, TemporaryError
+from datasetd.errors import CorruptArchive, DatasetdError, PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, Source
 from datasetd.state.durable import write_text_atomic, write_text_fast
 from datasetd.state.journal import ArchiveRow, JournalDB
 from datasetd.state.observe import loose_tar_names
+from datasetd.state.space import inodes_free
 from datasetd.state.status import StatusBoard
 
 A = TypeVar("A", bound=Action)
@@ -59,6 +66,10 @@ class Hands:
         self.stop = threading.Event()
         self.fetch_stops: dict[str, threading.Event] = {}
         self.log = logs.get()
+        # the unit steps of a component running or waiting for the group commit (the executor's count)
+        self.units_busy: Callable[[str], list[UnitAction]] = lambda _component: []
+        self.made_into: set[str] = set()  # components whose `into` this run created for an unproven archive
+        self.refused: set[str] = set()  # components whose archive broke its pin since it was last indexed
 
     def event(self, component: str, verb: str) -> str:
         unpack_kind = self.manifest.components[component].unpack
@@ -131,9 +142,104 @@ def _index_work(hands: Hands, action: IndexArchive) -> Work:
     digests = loose_tar_names(comp) if pinned else None
     progress = index_progress_path(hands.manifest, comp.name)
     progress.parent.mkdir(mode=0o700, exist_ok=True)
+    if pinned and comp.unpack == "class-tars" and comp.expect is None and comp.classes is None \
+            and _inodes_surely_fit(comp, size):
+        # The outer headers only: ProveArchive (the full pass, digest and members) runs while the
+        # units are extracted. An `expect` or a subset needs the members counted before any work.
+        return (functools.partial(headerindex.index_headers, progress=progress),
+                (action.path, digests or frozenset()))
     return (functools.partial(unpack.index_archive, md5=comp.md5 is not None, unit_digests=digests,
                               progress=progress),
             (action.path, comp.unpack))
+
+
+def _unproven_key(hands: Hands, comp: Component) -> str:
+    """The key an index read from the outer headers alone is recorded under until ProveArchive's verdict."""
+    if comp.into is not None and not comp.into.exists():
+        hands.made_into.add(comp.name)  # a refused archive removes it again (_remove_unproven)
+    return f"{UNPROVEN}{uuid.uuid4().hex}"
+
+
+def _prove_work(hands: Hands, action: ProveArchive) -> Work:
+    comp = hands.component(action)
+    row = hands.journal.archive(comp.name)
+    assert row is not None and unproven(row.sha256)  # planned only for an index not yet proved
+    loose = frozenset(u.name for u in hands.journal.unit_index(comp.name, row.sha256) if u.sha256)
+    return (functools.partial(_full_index, md5=comp.md5 is not None, unit_digests=loose, stop=hands.stop),
+            (action.path, (row.size, row.mtime_ns, row.ino)))
+
+
+def _full_index(path: Path, fingerprint: tuple[int, int, int], md5: bool, unit_digests: frozenset[str],
+                stop: threading.Event) -> unpack.IndexResult:
+    """The full index pass (digest, every member checked and counted) of the file the outer headers
+    were read from; CorruptArchive if it is another file by now."""
+    result = headerindex.index_members(path, unit_digests, md5=md5, stop=stop)
+    if (result.size, result.mtime_ns, result.ino) != fingerprint:
+        raise CorruptArchive(str(path), "changed since it was indexed; wait until it is complete")
+    return result
+
+
+def _prove_record(hands: Hands, action: ProveArchive, result: unpack.IndexResult) -> bool:
+    """The verdict: a match records the full index under the real digest and keys every unit extracted
+    meanwhile by it (they may now be committed verified); a broken pin forgets and removes them.
+    A class the full pass refuses (a problem its extraction could not see, e.g. its end marker) is
+    forgotten and removed too: the planner then reports it, as for any refused class."""
+    comp = hands.component(action)
+    row = hands.journal.archive(comp.name)
+    assert row is not None and unproven(row.sha256)
+    busy = hands.units_busy(comp.name)
+    try:
+        check_pins(comp, result.size, result.sha256, result.md5)
+    except DatasetdError:
+        _refused(hands, comp, len(busy))
+        raise
+    refused = {u.name for u in result.units if u.problem}
+    extracted = hands.journal.prove_archive(comp.name, row.sha256, ArchiveRow(
+        str(comp.archive), result.size, result.mtime_ns, result.ino, result.dev, result.sha256,
+        result.md5, indexed=True), result.units)
+    for unit in sorted(refused & set(extracted)):
+        hands.journal.forget_unit(comp.name, unit)
+        _remove_unproven(hands, comp, unit)
+    # how many units were extracting, or extracted and waiting, when the verdict came in: the overlap
+    hands.log.info("archive.proved", component=comp.name, path=str(comp.archive), sha256=result.sha256,
+                   files=sum(u.files for u in result.units), refused=len(refused), units_started=len(busy))
+    hands.journal.step(comp.name, "", action.kind, "ok", f"{len(busy)} units started before the verdict")
+    return False
+
+
+def _refused(hands: Hands, comp: Component, busy: int) -> None:
+    hands.refused.add(comp.name)
+    forgotten = hands.journal.forget_unproven(comp.name)
+    for unit in forgotten:
+        _remove_unproven(hands, comp, unit)
+    hands.log.error("archive.refused", component=comp.name, path=str(comp.archive),
+                    units_removed=len(forgotten), units_running=busy - len(forgotten))
+
+
+def discard_unproven(hands: Hands, action: UnitAction) -> None:
+    """A unit step that ended after its archive's digest broke the pin: what it made is removed."""
+    if isinstance(action, ExtractUnit) and not action.replace:
+        _remove_unproven(hands, hands.component(action), action.unit)
+
+
+def _remove_unproven(hands: Hands, comp: Component, unit: str) -> None:
+    """Remove a folder extracted (into a place that was empty) from an archive whose digest then broke
+    its pin, its digest list, and `into` once empty if this run made it: the tree is as it was.
+    Not flushed: if power loss undoes it, the folder is unrecorded and compared with its tar next pass."""
+    assert comp.into is not None
+    unpack.clear(unit_paths(comp, unit).folder)
+    digestlists.list_path(hands.manifest, comp.name, unit).unlink(missing_ok=True)
+    if comp.name in hands.made_into:
+        with contextlib.suppress(OSError):  # not empty: another unit is still being extracted
+            comp.into.rmdir()
+
+
+def _inodes_surely_fit(comp: Component, size: int) -> bool:
+    """Whether the most inodes a tar of `size` bytes could need (one per 512-byte header) are free
+    where it is extracted: only then may extraction start before the full index counted them (the
+    inode check after the index stays before any write)."""
+    assert comp.into is not None
+    return size // 512 <= inodes_free(comp.into)
 
 
 def index_progress_path(manifest: Manifest, component: str) -> Path:
@@ -143,13 +249,18 @@ def index_progress_path(manifest: Manifest, component: str) -> Path:
 
 def _index_record(hands: Hands, action: IndexArchive, result: unpack.IndexResult) -> bool:
     comp = hands.component(action)
-    check_pins(comp, result.size, result.sha256, result.md5)
+    hands.refused.discard(comp.name)
+    sha256, md5 = result.sha256, result.md5
+    if not sha256:  # the outer headers alone were read
+        sha256 = _unproven_key(hands, comp)
+    else:
+        check_pins(comp, result.size, sha256, md5)
     if comp.sha256 is None and comp.md5 is None:
         hands.log.warning("archive.unpinned", component=comp.name, sha256=result.sha256,
                           hint=f'add sha256 = "{result.sha256}" to components.{comp.name}')
     hands.journal.record_archive(comp.name, ArchiveRow(
-        str(comp.archive), result.size, result.mtime_ns, result.ino, result.dev, result.sha256,
-        result.md5, indexed=True), result.units)
+        str(comp.archive), result.size, result.mtime_ns, result.ino, result.dev, sha256,
+        md5, indexed=True), result.units)
     problems = [u for u in result.units if u.problem]
     hands.log.info("archive.indexed", component=comp.name, path=str(comp.archive), bytes=result.size,
                    units=len(result.units), files=sum(u.files for u in result.units), refused=len(problems))
@@ -331,6 +442,7 @@ def _inline(fn: Callable[[Any], None]) -> Callable[[Hands, Any], Work]:
 STEPS: Mapping[type[Action], Step[Any]] = {
     Fetch: Step(_fetch_work, _fetch_record),
     IndexArchive: Step(_index_work, _index_record),
+    ProveArchive: Step(_prove_work, _prove_record),
     ExtractUnit: Step(_extract_work, _extract_record),
     AdoptUnit: Step(_adopt_work, _adopt_record),
     VerifyUnit: Step(_verify_work, _verify_record),

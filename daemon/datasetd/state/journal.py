@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from datasetd import logs
-from datasetd.core.model import FileRecord, Journal, UnitIndex
+from datasetd.core.model import UNPROVEN, FileRecord, Journal, UnitIndex
 from datasetd.errors import JournalDamaged, PermanentError
 from datasetd.state.safedir import check_own_dir
 
@@ -199,16 +199,35 @@ class JournalDB:
 
     def record_archive(self, component: str, row: ArchiveRow, units: list[UnitIndex] | None) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO archive VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (component, row.path, row.size, row.mtime_ns, row.ino, row.dev, row.sha256,
-                        row.md5, int(row.indexed), time.time()))
             if units is not None:
+                # A new index: whatever was extracted from an archive whose digest was never checked
+                # is forgotten (its folders are compared with their tars again, never trusted).
+                _forget_unproven(db, component)
                 db.execute("DELETE FROM unit_index WHERE component=? AND archive_sha256=?",
                            (component, row.sha256))
-                db.executemany(
-                    "INSERT INTO unit_index VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [(component, row.sha256, u.name, u.offset, u.size, u.sha256, u.files, u.dirs,
-                      u.bytes, u.problem) for u in units])
+            _insert_archive(db, component, row, units)
+
+    def prove_archive(self, component: str, unproven_key: str, row: ArchiveRow,
+                      units: list[UnitIndex]) -> list[str]:
+        """The archive's digest matched its pin: the full index replaces the outer-headers one, and the
+        units extracted meanwhile are keyed by the real digest from now on (one transaction: a crash
+        leaves all or none). Returns those units."""
+        with self._tx() as db:
+            extracted = [r[0] for r in db.execute("SELECT unit FROM unit WHERE component=? AND archive_sha256=?",
+                                                  (component, unproven_key))]
+            db.execute("DELETE FROM unit_index WHERE component=? AND archive_sha256 IN (?, ?)",
+                       (component, unproven_key, row.sha256))
+            _insert_archive(db, component, row, units)
+            db.execute("UPDATE unit SET archive_sha256=? WHERE component=? AND archive_sha256=?",
+                       (row.sha256, component, unproven_key))
+        return extracted
+
+    def forget_unproven(self, component: str) -> list[str]:
+        """The archive's digest broke its pin: forget its index and every unit extracted from it (returns
+        their names); the next pass indexes the archive afresh."""
+        with self._tx() as db:
+            db.execute("DELETE FROM archive WHERE component=? AND sha256 LIKE ?", (component, f"{UNPROVEN}%"))
+            return _forget_unproven(db, component)
 
     def unit_index(self, component: str, archive_sha256: str) -> list[UnitIndex]:
         rows = self._read(
@@ -252,8 +271,9 @@ class JournalDB:
     def mark_verified(self, component: str, units: Iterable[str]) -> None:
         """Durable: once this returns, the executor may delete these units' tars."""
         with self._tx(durable=True) as db:
-            db.executemany("UPDATE unit SET state=?, at=? WHERE component=? AND unit=?",
-                           [(Journal.VERIFIED.value, time.time(), component, u) for u in units])
+            # never a unit of an archive whose digest was not checked against its pin
+            db.executemany("UPDATE unit SET state=?, at=? WHERE component=? AND unit=? AND archive_sha256 NOT LIKE ?",
+                           [(Journal.VERIFIED.value, time.time(), component, u, f"{UNPROVEN}%") for u in units])
 
     def record_dirs(self, component: str, fingerprints: dict[str, str]) -> None:
         """Keep directory fingerprints of units just found intact. Not durable: a lost update only
@@ -306,6 +326,29 @@ def rebuilding(open_journal: Callable[[], JournalDB], run: Callable[[JournalDB],
         if last or journal.damaged is None:
             return result
     raise AssertionError("the second run returns or raises")
+
+
+def _insert_archive(db: sqlite3.Connection, component: str, row: ArchiveRow, units: list[UnitIndex] | None) -> None:
+    db.execute("INSERT OR REPLACE INTO archive VALUES (?,?,?,?,?,?,?,?,?,?)",
+               (component, row.path, row.size, row.mtime_ns, row.ino, row.dev, row.sha256,
+                row.md5, int(row.indexed), time.time()))
+    if units is not None:
+        db.executemany("INSERT INTO unit_index VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       [(component, row.sha256, u.name, u.offset, u.size, u.sha256, u.files, u.dirs,
+                         u.bytes, u.problem) for u in units])
+
+
+def _forget_unproven(db: sqlite3.Connection, component: str) -> list[str]:
+    unproven = f"{UNPROVEN}%"
+    units = [r[0] for r in db.execute("SELECT unit FROM unit WHERE component=? AND archive_sha256 LIKE ?",
+                                      (component, unproven))]
+    keys = [(component, u) for u in units]
+    db.executemany("DELETE FROM unit WHERE component=? AND unit=?", keys)
+    db.executemany("DELETE FROM unit_dirs WHERE component=? AND unit=?", keys)
+    db.executemany("DELETE FROM unit_stats WHERE component=? AND unit=?", keys)
+    db.executemany("DELETE FROM file WHERE component=? AND unit=?", keys)
+    db.execute("DELETE FROM unit_index WHERE component=? AND archive_sha256 LIKE ?", (component, unproven))
+    return units
 
 
 def _name_in(name: str) -> str | bytes:

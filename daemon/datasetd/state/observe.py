@@ -14,7 +14,16 @@ from pathlib import Path
 
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core import arrangement
-from datasetd.core.model import FLAT, ArchiveState, ComponentState, Journal, Observed, UnitIndex, UnitState
+from datasetd.core.model import (
+    FLAT,
+    ArchiveState,
+    ComponentState,
+    Journal,
+    Observed,
+    UnitIndex,
+    UnitState,
+    unproven,
+)
 from datasetd.core.planning import unit_paths
 from datasetd.state.filestats import expected_dirs
 from datasetd.state.fswalk import list_files, unchanged_since
@@ -37,12 +46,14 @@ def observe_component(comp: Component, journal: JournalDB) -> ComponentState:
     st = _lstat_file(comp.archive)
     present = st is not None
     verified = st is not None and row is not None and _matches(comp, row, st)
-    archive_sha = row.sha256 if row is not None and (verified or (not present and _pins_ok(comp, row))) else None
+    # an archive gone before its digest was checked leaves nothing its units could be proved from
+    kept = not present and row is not None and not unproven(row.sha256) and _pins_ok(comp, row)
+    archive_sha = row.sha256 if row is not None and (verified or kept) else None
     indexed = comp.unpack != "none" and row is not None and row.indexed and archive_sha is not None
     if comp.unpack == "none":
         indexed = verified
     archive = ArchiveState(present=present, size=st.st_size if st else None, verified=verified,
-                           indexed=indexed)
+                           indexed=indexed, proven=archive_sha is None or not unproven(archive_sha))
     units: tuple[UnitState, ...] = ()
     if indexed and comp.unpack != "none" and archive_sha is not None:
         rows = journal.units(comp.name)
@@ -125,7 +136,11 @@ def _matches(comp: Component, row: ArchiveRow, st: os.stat_result) -> bool:
 
 
 def _pins_ok(comp: Component, row: ArchiveRow) -> bool:
-    """The recorded digests are still the ones the manifest asks for (it may have been edited)."""
+    """The recorded digests are still the ones the manifest asks for (it may have been edited).
+    An index recorded before the digest was checked (`unproven`) stands while the archive is pinned:
+    ProveArchive checks the digest against the pins in force."""
+    if unproven(row.sha256):
+        return (comp.sha256 is not None or comp.md5 is not None) and (comp.size is None or comp.size == row.size)
     return ((comp.sha256 is None or comp.sha256 == row.sha256)
             and (comp.md5 is None or comp.md5 == row.md5)
             and (comp.size is None or comp.size == row.size))

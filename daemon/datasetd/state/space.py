@@ -63,6 +63,12 @@ def _mount_point(path: Path) -> str:
     return str(path)
 
 
+def inodes_free(path: Path) -> int:
+    """Inodes free on the filesystem `path` is (or will be) on."""
+    vfs = os.statvfs(_existing_ancestor(path))
+    return vfs.f_favail if vfs.f_files else 2**62
+
+
 def check_space(manifest: Manifest, observed: Observed) -> None:
     """Refuse to start work that cannot fit (the TFDS pitfall: failing after a day)."""
     log = logs.get()
