@@ -12,8 +12,10 @@ no mount, no loop device and no changed sysctl is left behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ VM = Path("/proc/sys/vm")
 # dirty_writeback_centisecs = 0 disables the periodic flusher altogether (Documentation/admin-guide/
 # sysctl/vm.rst); the expiry is raised too (1 h), so pages dirtied during the run never count as old.
 NO_FLUSHER = {"dirty_writeback_centisecs": "0", "dirty_expire_centisecs": "360000"}
+KERNEL_DEFAULTS = {"dirty_writeback_centisecs": "500", "dirty_expire_centisecs": "3000"}
+LOCK = Path(tempfile.gettempdir()) / "datasetd-tests-vm-flusher.lock"  # machine-wide on purpose; holds no data
 
 
 def missing_tools() -> list[str]:
@@ -38,14 +42,22 @@ def run(*cmd: str) -> str:
 
 @contextlib.contextmanager
 def flusher_off() -> Iterator[None]:
-    saved = {name: (VM / name).read_text().strip() for name in NO_FLUSHER}
-    try:
-        for name, value in NO_FLUSHER.items():
-            (VM / name).write_text(value)
-        yield
-    finally:
-        for name, value in saved.items():
-            (VM / name).write_text(value)
+    """The sysctls are machine-wide: two runs at once (two worktrees on one machine) would each save
+    the other's raised values and one would restore those. A lock on a machine-wide file serializes
+    them; values still raised when it is taken are a killed run's leftover, and the kernel's
+    defaults are put back instead."""
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = {name: (VM / name).read_text().strip() for name in NO_FLUSHER}
+        if saved == NO_FLUSHER:
+            saved = KERNEL_DEFAULTS
+        try:
+            for name, value in NO_FLUSHER.items():
+                (VM / name).write_text(value)
+            yield
+        finally:
+            for name, value in saved.items():
+                (VM / name).write_text(value)
 
 
 def make_image(path: Path, size_mib: int = 256) -> None:
@@ -95,12 +107,15 @@ def copy_device(image: Path, dest: Path) -> Path:
     return dest
 
 
-def fsck(image: Path) -> int:
-    """`e2fsck -f -p` (replays the journal, then a full check): 0 clean, 1 fixed; anything else fails."""
+def fsck(image: Path) -> tuple[int, list[str]]:
+    """`e2fsck -f -p` (replays the journal, then a full check): 0 clean, 1 fixed; anything else fails.
+    Also returns what it said beyond replaying the journal and its summary line (what it fixed)."""
     done = subprocess.run(["e2fsck", "-f", "-p", str(image)], capture_output=True, text=True)
     assert done.returncode in (0, 1), \
         f"{image.name}: e2fsck exit {done.returncode}:\n{done.stdout}{done.stderr}"
-    return done.returncode
+    said = [line for line in (done.stdout + done.stderr).splitlines()
+            if line.strip() and not line.endswith(": recovering journal") and " files (" not in line]
+    return done.returncode, said
 
 
 # ---- freezing a process group: every task stopped before a copy --------------------------------

@@ -11,9 +11,10 @@ flushes all happen during the run. The run is frozen (SIGSTOP on its process gro
 thread stopped, no request in flight) for each copy.
 
 Each copy is then "rebooted": `e2fsck -f -p`, mounted at root's path, and checked: a unit the
-journal says is verified is on disk byte for byte as GNU tar extracts it (anything else is
-data lost), every hand-split class still has its tar (plain or Z_, intact) or such a folder,
-a downloaded archive in place is the whole verified one. Then `apply` runs on the copy and must
+journal says is verified is on disk byte for byte as GNU tar extracts it, with its whole
+`sha256sum -c` list (anything else is data lost), every hand-split class still has its tar (plain or Z_, intact) or such a folder,
+a downloaded archive in place is the whole verified one. The journal is read from a scratch
+copy, so `apply` is the first to open the cut journal itself. Then `apply` runs on the copy and must
 converge byte-exact, with every tar and the download deleted.
 """
 
@@ -101,6 +102,7 @@ class Cut:
 class Figures:
     checked: list[Cut] = field(default_factory=list)
     fsck: Counter[int] = field(default_factory=Counter)
+    fsck_fixed: list[str] = field(default_factory=list)  # e2fsck's words beyond the journal replay
 
 
 def build_inputs(tmp_path: Path, server_url: str) -> tuple[Path, Reference]:
@@ -212,40 +214,62 @@ def check_invariant(root: Path, ref: Reference, name: str) -> Cut:
     """Nothing recorded verified is missing or different; no hand-split class lost both copies."""
     train = root / "train"
     on_disk = tree_digest(train) if train.exists() else {}
-    verified = verified_units(root, "train")
+    recorded = recorded_verified(root, root.parent / "journal-read")
+    verified = recorded.get("train", set())
     marked = 0
     for w in CLASSES:
         if w in verified:
             differs = difference(class_tree(on_disk, w), class_tree(ref.train, w))
             assert not differs, f"{name}: {w} is recorded verified but {differs}: data lost"
+            check_digest_list(root, "train", w, {f"{w}/{k}": v for k, v in class_tree(ref.train, w).items()})
         if w in LOOSE and w not in verified:
             tars = [p for p in (train / f"{w}.tar", train / f"Z_{w}.tar") if p.exists()]
             assert tars, f"{name}: {w}: neither its class tar nor a verified folder: data lost"
             assert sha256(tars[0].read_bytes()) == ref.loose_tars[w], f"{name}: {tars[0].name} damaged"
             marked += tars[0].name.startswith("Z_")
     for comp, tree in (("val", ref.val), ("extra", ref.extra)):
-        if verified_units(root, comp):
+        if recorded.get(comp):
             differs = difference(tree_digest(root / comp), tree)
             assert not differs, f"{name}: {comp} is recorded verified but {differs}: data lost"
+            check_digest_list(root, comp, comp, tree)
     download = root / "downloads/extra.tar"
     if download.exists():  # renamed into place only once checked and flushed
         assert sha256(download.read_bytes()) == sha256(EXTRA), f"{name}: {download} in place but not whole"
     loose_left = sum((train / f"{w}.tar").exists() or (train / f"Z_{w}.tar").exists() for w in LOOSE)
-    return Cut(name, len(verified), loose_left, marked, bool(verified_units(root, "val")),
-               bool(verified_units(root, "extra")), download.exists())
+    return Cut(name, len(verified), loose_left, marked, bool(recorded.get("val")), bool(recorded.get("extra")),
+               download.exists())
 
 
-def verified_units(root: Path, component: str) -> set[str]:
-    """The copy's journal, closed right away: an open file would keep the copy from unmounting."""
+def check_digest_list(root: Path, component: str, name: str, expected: dict[str, str]) -> None:
+    """The `sha256sum -c` list of a verified unit is flushed with its files (the group commit's
+    syncfs), so a power cut leaves it whole: names relative to `into`, GNU tar's digests."""
+    path = root / ".datasetd/sha256" / component / f"{name}.sha256"
+    assert path.exists(), f"{path}: the digest list of a verified unit is missing after the cut"
+    listed = {name: digest for digest, name in (line.split("  ", 1) for line in path.read_text().splitlines())}
+    differs = difference(listed, expected)
+    assert not differs, f"{path}: the digest list of a verified unit differs: {differs}"
+
+
+def recorded_verified(root: Path, scratch: Path) -> dict[str, set[str]]:
+    """component -> units the cut journal records verified, read from a scratch copy of it, so
+    that `apply` is the first to open (and recover) the journal itself, as after a real reboot."""
     db = root / ".datasetd/journal.sqlite"
     if not db.exists():
-        return set()
-    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        return {}
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    for suffix in ("", "-wal"):  # -shm is rebuilt from the WAL by whoever opens it first
+        if Path(f"{db}{suffix}").exists():
+            shutil.copy(f"{db}{suffix}", scratch / f"{db.name}{suffix}")
+    with contextlib.closing(sqlite3.connect(scratch / db.name, timeout=5)) as conn:
         try:
-            rows = conn.execute("SELECT unit FROM unit WHERE state='verified' AND component=?", (component,))
-            return {r[0] for r in rows}
+            rows = list(conn.execute("SELECT component, unit FROM unit WHERE state='verified'"))
         except sqlite3.OperationalError:  # cut before the schema was written
-            return set()
+            rows = []
+    out: dict[str, set[str]] = {}
+    for component, unit in rows:
+        out.setdefault(component, set()).add(unit)
+    return out
 
 
 def difference(on_disk: dict[str, str], expected: dict[str, str]) -> str:
@@ -261,7 +285,9 @@ def difference(on_disk: dict[str, str], expected: dict[str, str]) -> str:
 
 
 def check_copy(copy: Path, root: Path, manifest: Path, ref: Reference, figures: Figures) -> None:
-    figures.fsck[ext4_loop.fsck(copy)] += 1
+    code, said = ext4_loop.fsck(copy)
+    figures.fsck[code] += 1
+    figures.fsck_fixed += said
     with ext4_loop.mounted(copy, root):
         cut = check_invariant(root, ref, copy.name)
         again = subprocess.run([*datasetd_cmd(), "--log-format", "json", "apply", str(manifest)],
@@ -296,7 +322,8 @@ def test_power_cut_copies_keep_every_verified_unit_and_converge(tmp_path: Path) 
             copy.unlink()
     print("", *figures.checked, sep="\n")
     print(f"power cut: {len(copies)} copies taken, {len(figures.checked)} checked, e2fsck exits "
-          f"{dict(sorted(figures.fsck.items()))}, data lost 0, {time.monotonic() - started:.0f} s")
+          f"{dict(sorted(figures.fsck.items()))}, beyond the journal replay it said {figures.fsck_fixed or 'nothing'}, "
+          f"data lost 0, {time.monotonic() - started:.0f} s")
     # A sweep that cut only before the first commit or after the last would prove little.
     assert len(copies) >= 10, f"only {len(copies)} copies: the run is too short to cut it often; grow it"
     commits_between = len({c.train_verified for c in figures.checked})
