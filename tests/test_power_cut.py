@@ -12,10 +12,10 @@ thread stopped, no request in flight) for each copy.
 
 Each copy is then "rebooted": `e2fsck -f -p`, mounted at root's path, and checked: a unit the
 journal says is verified is on disk byte for byte as GNU tar extracts it, with its whole
-`sha256sum -c` list (anything else is data lost), every hand-split class still has its tar (plain or Z_, intact) or such a folder,
-a downloaded archive in place is the whole verified one. The journal is read from a scratch
-copy, so `apply` is the first to open the cut journal itself. Then `apply` runs on the copy and must
-converge byte-exact, with every tar and the download deleted.
+`sha256sum -c` list (anything else is data lost); every hand-split class still has its tar
+(plain or Z_, intact) or such a folder; a downloaded archive in place is the whole verified one.
+The journal is read from a scratch copy, so `apply` is the first to open the cut journal itself.
+Then `apply` runs on the copy and must converge byte-exact, with every tar and the download deleted.
 """
 
 from __future__ import annotations
