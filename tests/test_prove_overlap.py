@@ -7,10 +7,13 @@ digest matched its pin; a bad archive leaves the tree as it was; fixed, it conve
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import sqlite3
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from conftest import (
     WNIDS,
@@ -38,6 +41,7 @@ from datasetd.core.model import (
 from datasetd.core.planning import plan
 from datasetd.engine.executor import Executor
 from datasetd.engine.steps import STEPS
+from datasetd.errors import CorruptArchive
 from datasetd.state.journal import JournalDB
 from datasetd.state.observe import observe
 from datasetd.state.status import StatusBoard
@@ -176,3 +180,29 @@ def test_with_expect_or_classes_nothing_starts_before_the_full_index() -> None:
         actions = plan(manifest(train=extra), Observed({"train": ComponentState(
             archive=pending, units=(UnitState(index=idx),), archive_sha256=f"{UNPROVEN}x")}))
         assert [type(a) for a in actions] == [ProveArchive], (extra, actions)
+
+
+def test_an_archive_changed_before_its_full_pass_is_refused_like_a_broken_pin(dataset: Dataset) -> None:
+    """The real steps in order: outer headers indexed, one class extracted, then the file changes
+    (a new mtime) before the full pass reads it: the pass refuses it, the class is forgotten and its
+    folder removed, and the archive is indexed afresh next time."""
+    train_only(dataset)
+    m = load(dataset.manifest)
+    journal = JournalDB(m.state_dir)
+    ex = Executor(m, journal, StatusBoard(m), workers=1)
+
+    def step(action: Action) -> object:
+        fn, args = STEPS[type(action)].work(ex.hands, action)
+        return STEPS[type(action)].record(ex.hands, action, fn(*args))
+
+    step(plan(m, observe(m, journal))[0])
+    prove, extract = plan(m, observe(m, journal))[:2]
+    assert isinstance(prove, ProveArchive) and isinstance(extract, ExtractUnit)
+    step(extract)
+    assert extract.folder.is_dir() and journal_units(dataset.root, "extracted", "train") == {extract.unit}
+    st = dataset.train_tar.stat()
+    os.utime(dataset.train_tar, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(CorruptArchive, match="changed since it was indexed"):
+        step(prove)
+    assert not extract.folder.exists() and not journal_units(dataset.root, "extracted", "train")
+    assert journal.archive("train") is None

@@ -170,25 +170,31 @@ def _prove_work(hands: Hands, action: ProveArchive) -> Work:
 
 
 def _full_index(path: Path, fingerprint: tuple[int, int, int], md5: bool, unit_digests: frozenset[str],
-                stop: threading.Event) -> unpack.IndexResult:
+                stop: threading.Event) -> unpack.IndexResult | PermanentError:
     """The full index pass (digest, every member checked and counted) of the file the outer headers
-    were read from; CorruptArchive if it is another file by now."""
-    result = headerindex.index_members(path, unit_digests, md5=md5, stop=stop)
+    were read from. A refusal (another file by now, a tar that cannot be read) is returned, not
+    raised: its record forgets and removes what was extracted meanwhile, as for a broken pin."""
+    try:
+        result = headerindex.index_members(path, unit_digests, md5=md5, stop=stop)
+    except PermanentError as e:
+        return e
     if (result.size, result.mtime_ns, result.ino) != fingerprint:
-        raise CorruptArchive(str(path), "changed since it was indexed; wait until it is complete")
+        return CorruptArchive(str(path), "changed since it was indexed; wait until it is complete")
     return result
 
 
-def _prove_record(hands: Hands, action: ProveArchive, result: unpack.IndexResult) -> bool:
+def _prove_record(hands: Hands, action: ProveArchive, result: unpack.IndexResult | PermanentError) -> bool:
     """The verdict: a match records the full index under the real digest and keys every unit extracted
-    meanwhile by it (they may now be committed verified); a broken pin forgets and removes them.
-    A class the full pass refuses (a problem its extraction could not see, e.g. its end marker) is
-    forgotten and removed too: the planner then reports it, as for any refused class."""
+    meanwhile by it (they may now be committed verified); a broken pin or a refused archive forgets
+    and removes them. A class the full pass refuses (a problem its extraction could not see, e.g. its
+    end marker) is forgotten and removed too: the planner then reports it, as for any refused class."""
     comp = hands.component(action)
     row = hands.journal.archive(comp.name)
     assert row is not None and unproven(row.sha256)
     busy = hands.units_busy(comp.name)
     try:
+        if isinstance(result, PermanentError):
+            raise result
         check_pins(comp, result.size, result.sha256, result.md5)
     except DatasetdError:
         _refused(hands, comp, len(busy))
