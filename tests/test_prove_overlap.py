@@ -23,7 +23,9 @@ from conftest import (
     journal_units,
     sha256,
     tree_digest,
+    write_manifest,
 )
+from datasetd import cli
 from datasetd.config.manifest import load
 from datasetd.core.model import (
     UNPROVEN,
@@ -39,6 +41,7 @@ from datasetd.core.model import (
     UnitState,
 )
 from datasetd.core.planning import plan
+from datasetd.demo import tar_bytes
 from datasetd.engine.executor import Executor
 from datasetd.engine.steps import STEPS
 from datasetd.errors import CorruptArchive
@@ -206,3 +209,28 @@ def test_an_archive_changed_before_its_full_pass_is_refused_like_a_broken_pin(da
         step(prove)
     assert not extract.folder.exists() and not journal_units(dataset.root, "extracted", "train")
     assert journal.archive("train") is None
+
+
+def test_a_class_the_full_pass_refuses_is_never_recorded_whenever_its_extraction_ends(tmp_path: Path) -> None:
+    """A class tar with bytes after its end-of-archive marker passes its own extraction (the members are
+    fine) but not the full index pass: before or after the verdict, it is not recorded and its folder
+    goes; the others are verified."""
+    good = [(f"{w}.tar", tar_bytes([(f"{w}/{w}_{i}.JPEG", bytes([i]) * 700) for i in range(4)])) for w in WNIDS[:3]]
+    bad_name, bad_tar = good[1]
+    junk = bad_tar + b"junk" + b"\0" * 508  # not zeros after the end marker
+    outer = tar_bytes([good[0], (bad_name, junk), good[2]])
+    root = tmp_path / "root"
+    (root / "sources").mkdir(parents=True)
+    (root / "sources" / "train.tar").write_bytes(outer)
+    m = write_manifest(tmp_path / "m.toml", root, f"""
+[components.train]
+source = "file"
+path = "sources/train.tar"
+sha256 = "{sha256(outer)}"
+unpack = "class-tars"
+into = "train"
+""")
+    assert cli.main(["--log-format", "json", "apply", str(m)]) == 1
+    assert journal_units(root, "verified", "train") == {WNIDS[0], WNIDS[2]}
+    assert not journal_units(root, "extracted", "train")
+    assert not (root / "train" / WNIDS[1]).exists()

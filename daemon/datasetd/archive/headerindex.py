@@ -4,7 +4,8 @@ Where it sits: IndexArchive for a class-tars component whose manifest pins the
 archive's digest (and asks for no `expect` or `classes`, which need member counts
 before any work) runs `index_headers`: one 512-byte read and a seek per class tar
 give each class its place and size, so extraction can start at once (it checks
-every member itself, tarfile's filter included). ProveArchive then runs
+every member's name and type itself; tarfile's filter runs here, and a class it
+refuses is forgotten and removed before it could be committed). ProveArchive then runs
 `index_members` alongside the extraction: one sequential read of the archive,
 hashed front to back by one thread while this one checks and counts each class
 tar's members from their headers right behind it (those pages were just read:

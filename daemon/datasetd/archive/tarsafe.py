@@ -63,7 +63,8 @@ def check_member(archive: str, member: tarfile.TarInfo, library_filter: bool = T
 
     `library_filter=False` skips tarfile's data_filter (a third of a small file's cost): for the
     extraction pass, whose bytes are the ones the index pass already ran it over (a loose class tar
-    matched its indexed digest, an in-place range is in the fingerprinted archive)."""
+    matched its indexed digest, an in-place range is in the fingerprinted archive), or runs it over
+    before the unit can be committed (ProveArchive: a class it refuses is forgotten and removed)."""
     name = safe_name(archive, member)
     if not (member.isreg() or member.isdir()):
         raise HostileArchive(archive, member.name, f"{_kind(member)} members are not extracted")

@@ -268,7 +268,7 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
     seen: set[str] = set()
     with _unit_members(origin) as tf:
         for member in tf:
-            rel = check_member(label, member, library_filter=not origin.checked)
+            rel = check_member(label, member, library_filter=False)
             if rel == TOP:
                 continue
             if rel in seen:

@@ -112,9 +112,6 @@ class Origin:
     size: int
     sha256: str
     loose: bool
-    # the index pass checked these members (names, types, tarfile's filter); False for a unit of an
-    # archive indexed from its outer headers only: its extraction runs every check itself
-    checked: bool = True
 
 
 Phase = Literal["fetching", "unpacking", "verifying"]

@@ -230,8 +230,7 @@ def _origin(comp: Component, archive: ArchiveState, unit: UnitState, loose: Path
     if loose is not None:
         return Origin(path=loose, offset=0, size=idx.size, sha256=idx.sha256, loose=True)
     if archive.present and archive.verified:
-        return Origin(path=comp.archive, offset=idx.offset, size=idx.size, sha256=idx.sha256, loose=False,
-                      checked=archive.proven)
+        return Origin(path=comp.archive, offset=idx.offset, size=idx.size, sha256=idx.sha256, loose=False)
     return None
 
 

@@ -290,10 +290,26 @@ def _adopt_work(hands: Hands, action: AdoptUnit) -> Work:
 
 def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[unpack.Extracted, bytes | None]) -> bool:
     extracted, stats = result
+    problem = _refused_meanwhile(hands, action)
+    if problem is not None:
+        # Started before the full index pass, which then refused this class: never recorded.
+        _remove_unproven(hands, hands.component(action), action.unit)
+        hands.journal.step(action.component, action.unit, action.kind, "refused", problem)
+        return False
     _record_unit(hands, action.component, action.unit, extracted,
                  "replaced" if action.replace else "extracted", stats=stats)
     hands.journal.step(action.component, action.unit, action.kind, "ok")
     return _read_back(hands, action, extracted)
+
+
+def _refused_meanwhile(hands: Hands, action: ExtractUnit) -> str | None:
+    """The problem the full index pass found in this unit's class tar after its extraction began."""
+    archive = hands.journal.archive(action.component)
+    if archive is None or unproven(archive.sha256) or action.origin.loose:
+        return None
+    index = {u.name: u for u in hands.journal.unit_index(action.component, archive.sha256)}
+    unit = index.get(action.unit)
+    return unit.problem if unit is not None else None
 
 
 def _adopt_record(hands: Hands, action: AdoptUnit,
