@@ -20,22 +20,20 @@ import concurrent.futures as cf
 import os
 import tarfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from datasetd import platform
 from datasetd.archive.digest import hash_file
 from datasetd.archive.indexprogress import ProgressFile
 from datasetd.archive.tarsafe import (
-    CLASS_TAR_RE,
     HashingReader,
     check_zero_tail,
+    class_tar_members,
     open_seekable,
-    outer_name,
 )
 from datasetd.archive.unpack import IndexResult, _reading, _tally
 from datasetd.core.model import UnitIndex
-from datasetd.errors import CorruptArchive, HostileArchive, PermanentError
+from datasetd.errors import CorruptArchive, PermanentError
 
 
 class _Position:
@@ -65,7 +63,7 @@ def index_headers(path: Path, unit_digests: frozenset[str], progress: Path | Non
             with outer:
                 # members not counted yet (ProveArchive counts them): a class tar holds at most its size
                 units = [UnitIndex(name, m.offset_data, m.size, _range_digest(outer, m) if name in unit_digests
-                                   else "", 0, 0, m.size) for name, m in _class_tars(outer, archive)]
+                                   else "", 0, 0, m.size) for name, m in class_tar_members(outer, archive)]
                 check_zero_tail(raw, archive, outer.offset, st.st_size)
     _unchanged(path, st)
     return IndexResult(st.st_size, "", None, units, st.st_mtime_ns, st.st_ino, st.st_dev)
@@ -84,7 +82,7 @@ def index_members(path: Path, unit_digests: frozenset[str], *, md5: bool, stop: 
                 platform.random_hint(raw.fileno())  # behind the hash every page is cached; else read no more
                 with open_seekable(raw, archive) as outer:
                     units = []
-                    for name, member in _class_tars(outer, archive):
+                    for name, member in class_tar_members(outer, archive):
                         hashed.reach(member.offset_data + member.size)
                         units.append(_count_members(outer, member, name, archive, name in unit_digests))
                     hashed.reach(st.st_size)
@@ -103,23 +101,6 @@ def _unchanged(path: Path, st: os.stat_result) -> None:
     after = path.stat()
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         raise CorruptArchive(str(path), "changed while it was being read; wait until it is complete")
-
-
-def _class_tars(outer: tarfile.TarFile, archive: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
-    """(class name, member) for each class tar, with the rules of `unpack._index_class_tars`."""
-    seen: set[str] = set()
-    for member in outer:
-        if member.isdir():
-            continue
-        match = CLASS_TAR_RE.fullmatch(outer_name(member))
-        if member.isreg() and not member.name.endswith(".tar") and not seen:
-            raise PermanentError(f"{archive}: first member {member.name[:80]!r} is a plain file, so this is a "
-                                 'flat tar, not a tar of class tars: set unpack = "tar" for this component')
-        if not member.isreg() or match is None or match.group(1) in seen:
-            raise HostileArchive(archive, member.name, "a class-tars archive may hold only "
-                                 "uniquely named plain 'NAME.tar' members at its top level")
-        seen.add(match.group(1))
-        yield match.group(1), member
 
 
 def _count_members(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, archive: str,

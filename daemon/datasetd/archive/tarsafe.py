@@ -17,9 +17,10 @@ import io
 import math
 import re
 import tarfile
+from collections.abc import Iterator
 from typing import IO, Protocol, cast
 
-from datasetd.errors import CorruptArchive, HostileArchive
+from datasetd.errors import CorruptArchive, HostileArchive, PermanentError
 
 MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
 MAX_PATH_BYTES = 4000  # whole relative name, below PATH_MAX with room for the target dir
@@ -232,3 +233,23 @@ def open_stream(reader: Readable, archive: str, compressed: bool = True) -> tarf
         return tarfile.open(fileobj=fileobj, mode="r|", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo)
     except tarfile.TarError as e:
         raise CorruptArchive(archive, f"not a readable tar: {e}") from e
+
+
+def class_tar_members(outer: tarfile.TarFile, archive: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """(class name, member) for each class tar at the top of a tar of class tars: the one rule both
+    index passes (unpack's full one, headerindex's outer headers) apply. Directory entries (`./`)
+    are skipped; anything else but a uniquely named plain `NAME.tar` is refused."""
+    seen: set[str] = set()
+    for member in outer:
+        if member.isdir():
+            continue
+        match = CLASS_TAR_RE.fullmatch(outer_name(member))
+        if member.isreg() and not member.name.endswith(".tar") and not seen:
+            # The first member is a plain file: a flat tar (a val or devkit tar), not a tar of class tars.
+            raise PermanentError(f"{archive}: first member {member.name[:80]!r} is a plain file, so this is a "
+                                 'flat tar, not a tar of class tars: set unpack = "tar" for this component')
+        if not member.isreg() or match is None or match.group(1) in seen:
+            raise HostileArchive(archive, member.name, "a class-tars archive may hold only "
+                                 "uniquely named plain 'NAME.tar' members at its top level")
+        seen.add(match.group(1))
+        yield match.group(1), member

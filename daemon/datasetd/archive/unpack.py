@@ -27,14 +27,13 @@ from isal import igzip, isal_zlib
 from datasetd.archive.digest import hash_file
 from datasetd.archive.indexprogress import ProgressFile
 from datasetd.archive.tarsafe import (
-    CLASS_TAR_RE,
     TOP,
     HashingReader,
     Readable,
     TailCheck,
     check_member,
+    class_tar_members,
     open_stream,
-    outer_name,
 )
 from datasetd.core.model import CHUNK, FLAT, FileRecord, Origin, UnitIndex
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, PermanentError, TemporaryError
@@ -111,22 +110,9 @@ def _index_units(path: Path, unpack: str, max_bytes: int, digests: frozenset[str
 
 def _index_class_tars(reader: HashingReader, archive: str, digests: frozenset[str] | None) -> list[UnitIndex]:
     units: list[UnitIndex] = []
-    seen: set[str] = set()
     tail = TailCheck(reader)
     with _reading(archive), open_stream(tail, archive, compressed=False) as outer:
-        for member in outer:
-            if member.isdir():
-                continue
-            match = CLASS_TAR_RE.fullmatch(outer_name(member))
-            if member.isreg() and not member.name.endswith(".tar") and not units:
-                # The first member is a plain file: a flat tar (a val or devkit tar), not a tar of class tars.
-                raise PermanentError(f"{archive}: first member {member.name[:80]!r} is a plain file, so this is a "
-                                     'flat tar, not a tar of class tars: set unpack = "tar" for this component')
-            if not member.isreg() or match is None or match.group(1) in seen:
-                raise HostileArchive(archive, member.name, "a class-tars archive may hold only "
-                                     "uniquely named plain 'NAME.tar' members at its top level")
-            name = match.group(1)
-            seen.add(name)
+        for name, member in class_tar_members(outer, archive):
             units.append(_index_class(outer, member, name, archive, digests is None or name in digests))
         tail.check_end(archive, outer.offset)
         reader.drain()
