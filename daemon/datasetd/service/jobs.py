@@ -116,10 +116,11 @@ def deep_verify(job: Job) -> int:
         log.info("verify.started", units=len(units), bytes=sum(u.bytes for u in units))
         pace = Pace(workers=1, initializer=lower_priority, max_rate=VERIFY_MAX_RATE)
         tally = verify_units(journal, units, pace, job.stop, job.touch)
-        log.info("verify.finished", units=tally.checked, mismatched=tally.mismatched, stopped=job.stop.is_set())
         if not job.stop.is_set():
+            # Stamped before the event, so whoever sees "finished" also sees when (a test raced this).
             # Not flushed: a power loss can only make the next verification come sooner.
             write_text_fast(_last_verify_path(job.manifest), f"{time.time():.0f}\n")
+        log.info("verify.finished", units=tally.checked, mismatched=tally.mismatched, stopped=job.stop.is_set())
         return tally.mismatched
     finally:
         journal.close()
