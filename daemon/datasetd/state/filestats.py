@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasetd.core.model import FileRecord
+from datasetd.state.fswalk import FileStat, list_files
 
 # A file changed within the same timestamp tick as the stat that fingerprinted it keeps its ctime
 # ("racy git"). Linux stamps files from a coarse clock ticking every 1-10 ms; a filesystem with
@@ -31,7 +32,6 @@ RACY_COARSE_NS = 2_000_000_000
 _VERSION = 1
 _HEAD = struct.Struct("<BqI")  # version, when the stats were taken (ns), number of files
 _ENTRY = struct.Struct("<QQq")  # inode, size, ctime_ns, in the order of the sorted file names
-FileStat = tuple[int, int, int]
 
 
 @dataclass
@@ -50,28 +50,10 @@ class Fingerprint:
 
 
 def stat_tree(folder: Path) -> Stats:
-    """One `scandir` per directory and one `lstat` per file; no file is opened."""
-    out = Stats(taken_ns=time.time_ns())
-    stack = [("", str(folder))]
-    while stack:
-        prefix, path = stack.pop()
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            out.odd = True
-            continue
-        for entry in entries:
-            rel = prefix + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                out.dirs.append(rel)
-                stack.append((rel + "/", entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
-                out.files[rel] = (st.st_ino, st.st_size, st.st_ctime_ns)
-            else:
-                out.odd = True
-    out.dirs.sort()
-    return out
+    """One `scandir` per directory and one `lstat` per file (fswalk's walk); no file is opened."""
+    taken_ns = time.time_ns()
+    listing = list_files(folder, stats=True)
+    return Stats(listing.stats, sorted(listing.dir_names()), bool(listing.problems), taken_ns)
 
 
 def _racy(taken_ns: int, ctime_ns: int) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 # stamps files from a clock that ticks every 1-10 ms; a second leaves room for coarser filesystems.
 RACY_NS = 1_000_000_000
 DirStamp = tuple[str, int, int, int]  # relative dir ("" for the folder), inode, mtime_ns, ctime_ns
+FileStat = tuple[int, int, int]  # inode, size, ctime_ns
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Listing:
     files: dict[str, int] = field(default_factory=dict)  # relative name -> size
     problems: list[str] = field(default_factory=list)  # symlinks, devices, unreadable dirs
     dirs: list[DirStamp] = field(default_factory=list)  # each directory as it was just before it was read
+    stats: dict[str, FileStat] = field(default_factory=dict)  # with `stats=True`: relative name -> FileStat
 
     def dir_names(self) -> set[str]:
         """Every directory below the folder, by relative name (the folder itself excluded)."""
@@ -43,11 +45,12 @@ class Listing:
         return json.dumps(sorted(self.dirs), separators=(",", ":"))
 
 
-def list_files(folder: Path, sizes: bool = True) -> Listing:
+def list_files(folder: Path, sizes: bool = True, stats: bool = False) -> Listing:
     """Walk without following symlinks; a link or special file inside a unit is a problem.
 
     `sizes=False` records -1 for every file: the names and types come from the directory entries
-    alone (one `getdents` per directory, no `stat` per file)."""
+    alone (one `getdents` per directory, no `stat` per file). `stats=True` also keeps each file's
+    FileStat from the same `lstat` (state/filestats.py fingerprints a unit with it)."""
     out = Listing()
     stack = [("", str(folder))]
     while stack:
@@ -64,7 +67,12 @@ def list_files(folder: Path, sizes: bool = True) -> Listing:
             if entry.is_dir(follow_symlinks=False):
                 stack.append((rel + "/", entry.path))
             elif entry.is_file(follow_symlinks=False):
-                out.files[rel] = entry.stat(follow_symlinks=False).st_size if sizes else -1
+                if stats:
+                    st = entry.stat(follow_symlinks=False)
+                    out.stats[rel] = (st.st_ino, st.st_size, st.st_ctime_ns)
+                    out.files[rel] = st.st_size
+                else:
+                    out.files[rel] = entry.stat(follow_symlinks=False).st_size if sizes else -1
             else:
                 out.problems.append(f"{rel}: not a regular file")
     return out
