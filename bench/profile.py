@@ -10,6 +10,7 @@ in read/write/fsync shows up (py-spy counts a thread in a syscall as idle).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import baselines as bl
+import benchfs
 
-TOOLS = Path(os.environ.get("DATASETD_BENCH_DIR", "/var/tmp/datasetd-bench")) / "tools"
+BASE = Path(os.environ.get("DATASETD_BENCH_DIR", "/var/tmp/datasetd-bench"))
+TOOLS = BASE / "tools"
 
 
 def py_spy() -> Path:
@@ -31,12 +34,21 @@ def py_spy() -> Path:
 def record(manifest: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "profile.raw"
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    with (out / "datasetd.log").open("w") as log:
-        subprocess.run([str(py_spy()), "record", "--idle", "-r", "200", "--subprocesses", "--format", "raw",
-                        "-o", str(raw), "--", *bl.datasetd_apply(manifest)], stderr=log, check=True)
+    with _bench_fs_for(manifest):
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        with (out / "datasetd.log").open("w") as log:
+            subprocess.run([str(py_spy()), "record", "--idle", "-r", "200", "--subprocesses", "--format", "raw",
+                            "-o", str(raw), "--", *bl.datasetd_apply(manifest)], stderr=log, check=True)
     return raw
+
+
+def _bench_fs_for(manifest: Path) -> contextlib.AbstractContextManager[object]:
+    """The last run's manifests point into the bench's own ext4 (DIR/fs): mounted for the profile if unmounted."""
+    home = benchfs.home(BASE)
+    if str(home) in manifest.read_text() and not os.path.ismount(home) and benchfs.image(BASE).exists():
+        return benchfs.mounted(BASE, None, print)
+    return contextlib.nullcontext()
 
 
 def summarise(raw: Path, top: int = 25) -> str:

@@ -152,7 +152,7 @@ def small_files(ctx: Ctx, small: DataSet) -> tuple[list[dict[str, object]], dict
     cache = "cold" if measure.can_drop_caches() else "warm (caches could not be dropped)"
     rows = [
         compare_row(f"5 first apply, {small.files:,} files <= 4 KB vs two-stage GNU tar", runs["datasetd-small"],
-                    runs["tar-two-stage-small"], "tar outer; tar each class; sync", 3.0),
+                    runs["tar-two-stage-small"], "tar outer; tar each class; sync", 2.0),
         absolute_row(f"5 no-op apply, converged tree of {small.files:,} files ({cache})",
                      runs["datasetd-small-noop-cold"], 2.0),
         absolute_row(f"5 no-op apply, converged tree of {small.files:,} files (warm)",

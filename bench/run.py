@@ -1,24 +1,27 @@
 """`make bench`: datasetd against the tools a user would otherwise reach for (see bench/README.md).
 
 Settings come from the command line or, for `make bench`, from the environment:
-DATASETD_BENCH_DIR, _REPS, _ROWS, _CLASSES, _FILES, _FILE_KB, _SMALL_FILES,
+DATASETD_BENCH_DIR, _FS (loop|host), _REPS, _ROWS, _CLASSES, _FILES, _FILE_KB, _SMALL_FILES,
 _SMALL_CLASSES, _WORKERS, _CACHE (cold|warm).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchfs
 import gen
 import measure
 import report
@@ -29,7 +32,9 @@ import rows_unpack
 
 BENCH = Path(__file__).resolve().parent
 GB = 1e9
-MARGIN = 5 * 10**9  # left free on the filesystem whatever the bench needs
+MARGIN = 5 * 10**9  # left free on the host filesystem whatever the bench needs
+IMAGE_MARGIN = 5 * 10**8  # left free inside the bench's own ext4, which is sized for the rows already
+NOOP_CLASSES = 1000
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,6 +42,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--dir", type=Path, default=Path(env("DATASETD_BENCH_DIR", "/var/tmp/datasetd-bench")),
                    help="where data sets and work trees go (outside the repository)")
+    p.add_argument("--fs", choices=("loop", "host"), default=env("DATASETD_BENCH_FS", "loop"),
+                   help="loop: measure on the bench's own journalled ext4 (an image in DIR, mounted at DIR/fs); "
+                        "host: on DIR's own filesystem")
     p.add_argument("--reps", type=int, default=int(env("DATASETD_BENCH_REPS", "3")))
     p.add_argument("--rows", default=env("DATASETD_BENCH_ROWS", "1,2,3,4,5,6,7,8"),
                    help="comma list of rows; 1 and 2 share their runs, 6 needs 1 and 5")
@@ -61,26 +69,56 @@ def specs(args: argparse.Namespace) -> tuple[gen.Spec, gen.Spec]:
     return large, small
 
 
-def budget(args: argparse.Namespace, large: gen.Spec, small: gen.Spec, rows: set[str]) -> gen.Spec:
-    """Fit the large set to the free space, or refuse with the numbers."""
-    free = shutil.disk_usage(_existing(args.dir)).free
+def budget(home: Path, margin: int, large: gen.Spec, small: gen.Spec, rows: set[str]) -> gen.Spec:
+    """Fit the large set to the free space where the data sets and work trees go, or refuse with the numbers."""
+    free = shutil.disk_usage(_existing(home)).free
 
     def need(spec: gen.Spec) -> int:
-        to_generate = 0 if (args.dir / "data" / spec.key / "done.json").exists() else 2 * spec.approx_tar_bytes()
+        to_generate = 0 if (home / "data" / spec.key / "done.json").exists() else 2 * spec.approx_tar_bytes()
         return to_generate + spec.approx_tar_bytes() + spec.approx_tree_bytes()  # two-stage copy + tree
 
     small_need = need(small) if rows & {"5", "6"} else 0
     spec = large
-    while spec.classes > 10 and need(spec) + small_need + MARGIN > free:
-        spec = gen.Spec(spec.name, spec.classes // 2, spec.files, spec.min_size, spec.max_size, spec.seed)
-    if need(spec) + small_need + MARGIN > free:
-        sys.exit(f"bench: {args.dir}: {free / GB:.1f} GB free, the smallest run needs "
-                 f"{(need(spec) + small_need + MARGIN) / GB:.1f} GB (incl. {MARGIN / GB:.0f} GB margin); "
+    while spec.classes > 10 and need(spec) + small_need + margin > free:
+        spec = _halved(spec)
+    if need(spec) + small_need + margin > free:
+        sys.exit(f"bench: {home}: {free / GB:.1f} GB free, the smallest run needs "
+                 f"{(need(spec) + small_need + margin) / GB:.1f} GB (incl. {margin / GB:.1f} GB margin); "
                  "free space or set DATASETD_BENCH_DIR to a bigger filesystem")
     if spec != large:
-        print(f"bench: only {free / GB:.1f} GB free under {args.dir}: large set cut to {spec.classes} classes",
+        print(f"bench: only {free / GB:.1f} GB free under {home}: large set cut to {spec.classes} classes",
               file=sys.stderr)
     return spec
+
+
+def image_need(args: argparse.Namespace, large: gen.Spec, small: gen.Spec) -> benchfs.Need:
+    """The bench's ext4 holds every data set of these settings (whichever rows run now: it is kept for the
+    next run) and, at any moment, one work tree: the largest is the large set's two-stage copy + tree, or
+    row 8's million empty files (directory blocks and datasetd's journal, ~0.5 KB a file)."""
+    noop_tar = args.noop_files * 512 + NOOP_CLASSES * 11 * 1024  # headers only; one padded class tar each
+    data = 2 * (large.approx_tar_bytes() + small.approx_tar_bytes()) + noop_tar  # outer tar + split classes
+    work = max(s.approx_tar_bytes() + s.approx_tree_bytes() for s in (large, small))
+    work = max(work, args.noop_files * 512)
+    tree_files = max(args.noop_files + NOOP_CLASSES, large.total_files, small.total_files)
+    inodes = int(tree_files * 1.1) + large.classes + small.classes + 65536  # + state files, logs, spare
+    return benchfs.Need(data + work, inodes)
+
+
+def fit_image(args: argparse.Namespace, large: gen.Spec, small: gen.Spec) -> gen.Spec:
+    """Cut the large set until its image, once fully written, leaves MARGIN free on the host; or refuse."""
+    spec = large
+    while (why := benchfs.host_shortfall(args.dir, image_need(args, spec, small), MARGIN)) and spec.classes > 10:
+        spec = _halved(spec)
+    if why:
+        sys.exit(f"{why}; free space, set DATASETD_BENCH_DIR to a bigger filesystem, or run with --fs host")
+    if spec != large:
+        print(f"bench: the host under {args.dir} holds no bigger image: large set cut to {spec.classes} classes",
+              file=sys.stderr)
+    return spec
+
+
+def _halved(spec: gen.Spec) -> gen.Spec:
+    return gen.Spec(spec.name, spec.classes // 2, spec.files, spec.min_size, spec.max_size, spec.seed)
 
 
 def _existing(path: Path) -> Path:
@@ -89,17 +127,20 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def machine(base: Path) -> dict[str, Any]:
+def machine(home: Path) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal")), 0)
-    df = subprocess.run(["df", "-T", str(base)], capture_output=True, text=True).stdout.splitlines()[-1].split()
-    dev = df[0]
-    rota = subprocess.run(["lsblk", "-no", "ROTA", dev], capture_output=True, text=True).stdout.strip()
+    fs = benchfs.describe(home)
+    # The disk under it: for the bench's own ext4, the one holding its image.
+    under = fs["loop"]["backing_file"] if "loop" in fs else str(home)
+    disk = subprocess.run(["findmnt", "-no", "SOURCE", "-T", under], capture_output=True, text=True).stdout.strip()
+    rota = subprocess.run(["lsblk", "-no", "ROTA", disk], capture_output=True, text=True).stdout.strip()
     return {"nproc": os.cpu_count(), "cpu": cpu, "load_at_start": _load(), "ram_gb": round(mem / 2**20, 1),
             "kernel": platform.release(),
-            "filesystem": df[1], "device": dev, "rotational": {"0": False, "1": True}.get(rota[:1]),
+            "filesystem": fs["filesystem"], "device": fs["device"], "fs": fs,
+            "disk": disk, "rotational": {"0": False, "1": True}.get(rota[:1]),
             "python": platform.python_version()}
 
 
@@ -134,7 +175,30 @@ def main(argv: list[str]) -> int:
     rows_wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
     args.dir.mkdir(parents=True, exist_ok=True)
     large_spec, small_spec = specs(args)
-    large_spec = budget(args, large_spec, small_spec, rows_wanted)
+    # SIGTERM ends the run the way Ctrl-C does: through the finally blocks that unmount and detach.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
+    try:
+        with benchfs.exclusive(args.dir), _filesystem(args, large_spec, small_spec) as (home, margin, large_spec):
+            large_spec = budget(home, margin, large_spec, small_spec, rows_wanted)
+            return bench(args, home, rows_wanted, large_spec, small_spec)
+    except benchfs.BenchFsError as e:
+        sys.exit(str(e))
+
+
+@contextlib.contextmanager
+def _filesystem(args: argparse.Namespace, large: gen.Spec,
+                small: gen.Spec) -> Iterator[tuple[Path, int, gen.Spec]]:
+    """Where data/ and work/ go for this run, the space to leave free there, and the large set that fits."""
+    if args.fs == "host":
+        yield args.dir, MARGIN, large
+        return
+    large = fit_image(args, large, small)
+    with benchfs.mounted(args.dir, image_need(args, large, small), lambda s: print(s, flush=True)) as home:
+        yield home, IMAGE_MARGIN, large
+
+
+def bench(args: argparse.Namespace, home: Path, rows_wanted: set[str], large_spec: gen.Spec,
+          small_spec: gen.Spec) -> int:
     cold = args.cache == "cold"
     if cold and not measure.can_drop_caches():
         print("bench: cannot write /proc/sys/vm/drop_caches (not root?): every run is warm-cache", file=sys.stderr)
@@ -142,25 +206,28 @@ def main(argv: list[str]) -> int:
     logs = args.dir / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    ctx = rows_unpack.Ctx(work=args.dir / "work", logs=logs, reps=args.reps, cold=cold, workers=args.workers,
+    ctx = rows_unpack.Ctx(work=home / "work", logs=logs, reps=args.reps, cold=cold, workers=args.workers,
                           say=lambda s: print(s, flush=True))
     shutil.rmtree(ctx.work, ignore_errors=True)
-    info = machine(args.dir)
+    info = machine(home)
     compile_bytecode()
-    print(f"bench: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gb']} GB RAM, {info['filesystem']} on "
-          f"{info['device']}; {args.reps} reps, {'cold' if cold else 'warm'} cache, logs in {logs}", flush=True)
+    fs = info["fs"]
+    print(f"bench: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gb']} GB RAM, {fs['filesystem']} "
+          f"({'journal' if fs.get('journal') else 'no journal'}, {fs['mount_options']}) on {fs['device']} at "
+          f"{home}; {args.reps} reps, {'cold' if cold else 'warm'} cache, logs in {logs}", flush=True)
     t0 = time.monotonic()
-    large = _timed("generating the large set", lambda: gen.ensure(large_spec, args.dir / "data"))
-    small = _timed("generating the small set", lambda: gen.ensure(small_spec, args.dir / "data")) \
+    large = _timed("generating the large set", lambda: gen.ensure(large_spec, home / "data"))
+    small = _timed("generating the small set", lambda: gen.ensure(small_spec, home / "data")) \
         if rows_wanted & {"5", "6"} else None
     rows, projection = _run_rows(ctx, rows_wanted, large, small)
     if "8" in rows_wanted:
-        ctx.say(f"row 8: no-op apply over {args.noop_files:,} files in 1,000 classes")
-        rows += rows_noop.noop_rows(ctx, args.dir, args.noop_files, 1000, args.reps, cold, logs)
+        ctx.say(f"row 8: no-op apply over {args.noop_files:,} files in {NOOP_CLASSES:,} classes")
+        rows += rows_noop.noop_rows(ctx, home, args.noop_files, NOOP_CLASSES, args.reps, cold, logs)
     shutil.rmtree(ctx.work, ignore_errors=True)
     doc = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": info,
            "datasetd": datasetd_under_test(),
            "settings": {"reps": args.reps, "cache": "cold" if cold else "warm", "workers": args.workers,
+                        "fs": args.fs,
                         "large": vars(large_spec) | {"tar_bytes": large.size, "files_total": large.files},
                         "small": (vars(small_spec) | {"tar_bytes": small.size, "files_total": small.files})
                         if small else None},
