@@ -120,3 +120,28 @@ def test_download_in_place_without_a_journal_is_rehashed_not_fetched_again(tmp_p
         assert cli.main(["apply", str(m)]) == 0
         assert len(server.requests("/val.tar", "GET")) > gets, "a download that broke its pin was kept"
     assert archive.read_bytes() == val
+
+
+# Installed for other verbs or as other packages' optional extras; an HTTP apply has no use for them,
+# and each costs a cold start ~0.05-0.15 s of disk reads (the HTTP bench row's start before the first byte).
+NOT_FOR_AN_HTTP_APPLY = ("rich", "pygments", "click", "libtorrent", "apscheduler", "prometheus_client", "scipy",
+                         "watchdog")
+
+
+def test_an_http_apply_imports_only_what_it_uses(tmp_path: Path) -> None:
+    val, _ = build_val(WNIDS[:2])
+    listing = tmp_path / "modules.txt"
+    # `datasetd apply` in a fresh interpreter that writes, as it exits, every module it imported.
+    run_cli = ("import atexit, os, runpy, sys\n"
+               "atexit.register(lambda: open(os.environ['MODULES_OUT'], 'w').write('\\n'.join(sys.modules)))\n"
+               "sys.argv[0] = 'datasetd'\n"
+               "runpy.run_module('datasetd', run_name='__main__')\n")
+    with FaultServer(files={"/val.tar": val}) as server:
+        m = http_manifest(tmp_path, server.url("/val.tar"), val)
+        env = {**os.environ, "MODULES_OUT": str(listing)}
+        done = subprocess.run([sys.executable, "-c", run_cli, "--log-format", "json", "apply", str(m)],
+                              capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {name.split(".")[0] for name in listing.read_text().split()}
+    assert {"httpx", "datasetd"} <= imported  # the listing is whole
+    assert not imported & set(NOT_FOR_AN_HTTP_APPLY)

@@ -24,7 +24,6 @@ from datasetd.engine import digestlists
 from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
 from datasetd.engine.executor import Executor, Outcome
-from datasetd.service import console
 from datasetd.service.hooks import Hooks, last_phases
 from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
@@ -156,7 +155,7 @@ def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Sou
     with RootLock(manifest.root), _ctrl_c_stops(stop):
         hooks = Hooks(manifest, last_phases(manifest))
         board = StatusBoard(manifest)
-        with console.live(board if progress else None):
+        with _live_display(board if progress else None):
             outcome = run_apply(manifest, workers=workers, sources=sources, stop=stop, board=board)
         hooks.run(outcome)
     if outcome.stopped:
@@ -165,6 +164,14 @@ def apply(manifest: Manifest, workers: int | None = None, sources: dict[str, Sou
     for name, message in outcome.failed.items():
         print(f"datasetd: {name}: {message}", file=sys.stderr)
     return 0 if outcome.ok else 1
+
+
+def _live_display(board: StatusBoard | None) -> contextlib.AbstractContextManager[None]:
+    if board is None:
+        return contextlib.nullcontext()
+    # rich only for a terminal (~0.1 s of a cold start that a piped or scripted apply never uses)
+    from datasetd.service import console
+    return console.live(board)
 
 
 @contextlib.contextmanager
