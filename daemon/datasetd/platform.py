@@ -1,7 +1,7 @@
 """Every OS primitive datasetd needs that the standard library does not wrap (borg's platform module).
 
-syncfs, parent-death signal, I/O priority, read-ahead hints and process probing
-live here, so the rest of the package stays portable-looking and each primitive
+syncfs, parent-death signal, I/O priority, read-ahead hints, the filesystem's
+timestamp clock and process probing live here, so the rest of the package stays portable-looking and each primitive
 has one place that says what it does when the kernel refuses.
 """
 
@@ -12,11 +12,16 @@ import ctypes
 import os
 import platform as _platform
 import signal
+import sys
+import time
 from pathlib import Path
 
 _libc: ctypes.CDLL | None = None
 _PR_SET_PDEATHSIG = 1
 _IOPRIO_CLASS_BE, _IOPRIO_LOWEST, _IOPRIO_WHO_PROCESS = 2, 7, 1
+# Linux's CLOCK_REALTIME_COARSE (Python 3.11 does not name it): the clock a filesystem stamps ctime from.
+_CLOCK_COARSE: int | None = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform == "linux" else None)
+_UNKNOWN_TICK_NS = 20_000_000  # off Linux: assume stamps may lag the fine clock by this much
 _SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314, "ppc64le": 273, "s390x": 282,
                    "riscv64": 30}
 
@@ -80,6 +85,24 @@ def random_hint(fd: int) -> None:
     then reads their pages only, not the member data between them; a no-op where unsupported."""
     with contextlib.suppress(OSError, AttributeError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+
+def stamp_clock_ns() -> int:
+    """Now, on the clock the kernel stamps file times from (`current_time()`: the coarse realtime
+    clock, one tick behind the fine one at most). A file changed after this reading gets a ctime at
+    or past it. Off Linux, the fine clock less a margin that stands for the unknown tick."""
+    if _CLOCK_COARSE is not None:
+        with contextlib.suppress(OSError):
+            return time.clock_gettime_ns(_CLOCK_COARSE)
+    return time.time_ns() - _UNKNOWN_TICK_NS
+
+
+def stamp_tick_ns() -> int:
+    """How far the stamp clock moves at a time (one jiffy: 4 ms at HZ=250)."""
+    if _CLOCK_COARSE is not None:
+        with contextlib.suppress(OSError):
+            return max(1, int(time.clock_getres(_CLOCK_COARSE) * 1e9))
+    return _UNKNOWN_TICK_NS
 
 
 def pid_alive(pid: object) -> bool:

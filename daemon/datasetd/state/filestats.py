@@ -21,15 +21,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasetd import platform
 from datasetd.core.model import FileRecord
 from datasetd.state.fswalk import FileStat, list_files
 
 # A file changed within the same timestamp tick as the stat that fingerprinted it keeps its ctime
-# ("racy git"). Linux stamps files from a coarse clock ticking every 1-10 ms; a filesystem with
-# whole-second stamps (ctime_ns a multiple of 1e9) needs a second and more.
-RACY_NS = 20_000_000
+# ("racy git"). Linux stamps files from its coarse clock (platform.stamp_clock_ns): a stat taken once
+# that clock has moved past a file's ctime sees every later change. A filesystem with whole-second
+# stamps (ctime_ns a multiple of 1e9) would need a second and more: its fresh files are not trusted.
 RACY_COARSE_NS = 2_000_000_000
-_VERSION = 1
+# Version 1 blobs were taken on the fine clock and trusted files stamped 20 ms before it or earlier.
+_V1_RACY_NS = 20_000_000
+_VERSION = 2
+_SETTLE_ROUNDS = 3  # re-stats of files still too fresh before giving up (then: no fingerprint, re-hash)
 _HEAD = struct.Struct("<BqI")  # version, when the stats were taken (ns), number of files
 _ENTRY = struct.Struct("<QQq")  # inode, size, ctime_ns, in the order of the sorted file names
 
@@ -39,11 +43,12 @@ class Stats:
     files: dict[str, FileStat] = field(default_factory=dict)
     dirs: list[str] = field(default_factory=list)  # relative, the folder itself excluded
     odd: bool = False  # a link, a special file or an unreadable directory: nothing to vouch for
-    taken_ns: int = 0
+    taken_ns: int = 0  # the stamp clock just before the stats were taken
 
 
 @dataclass(frozen=True)
 class Fingerprint:
+    version: int
     taken_ns: int
     stats: list[FileStat]
     dirs: list[str]
@@ -51,29 +56,60 @@ class Fingerprint:
 
 def stat_tree(folder: Path) -> Stats:
     """One `scandir` per directory and one `lstat` per file (fswalk's walk); no file is opened."""
-    taken_ns = time.time_ns()
+    taken_ns = platform.stamp_clock_ns()
     listing = list_files(folder, stats=True)
     return Stats(listing.stats, sorted(listing.dir_names()), bool(listing.problems), taken_ns)
 
 
-def _racy(taken_ns: int, ctime_ns: int) -> bool:
-    window = RACY_COARSE_NS if ctime_ns % 1_000_000_000 == 0 else RACY_NS
-    return taken_ns - ctime_ns < window
+def _racy(version: int, taken_ns: int, ctime_ns: int) -> bool:
+    """Whether a change after the stat could have kept this ctime: trust no such file."""
+    if ctime_ns % 1_000_000_000 == 0:
+        return taken_ns - ctime_ns < RACY_COARSE_NS
+    if version == 1:
+        return taken_ns - ctime_ns < _V1_RACY_NS
+    return ctime_ns >= taken_ns
+
+
+def _fresh(stats: Stats) -> list[str]:
+    """Files stamped at or after the clock reading their stat followed, on a fine-stamped filesystem."""
+    return [n for n, (_i, _s, c) in stats.files.items()
+            if c % 1_000_000_000 and _racy(_VERSION, stats.taken_ns, c)]
+
+
+def _settle(folder: Path, stats: Stats) -> Stats | None:
+    """Stat the fresh files again once the stamp clock has passed their ctime (a tick at most), so
+    a change in that tick cannot hide. The rest keep their first stat: any change after it already
+    moves their ctime. None when files keep changing (nothing is then vouched for)."""
+    for _round in range(_SETTLE_ROUNDS):
+        fresh = _fresh(stats)
+        if not fresh:
+            return stats
+        newest, tick = max(stats.files[n][2] for n in fresh), platform.stamp_tick_ns()
+        while (now := platform.stamp_clock_ns()) <= newest:
+            if newest - now > 4 * tick:
+                return None  # stamped ahead of the clock (a clock stepped back): vouch for nothing
+            time.sleep(min(tick, newest - now + 1) / 1e9)
+        stats.taken_ns = now
+        for name in fresh:
+            try:
+                st = os.lstat(folder / name)
+            except OSError:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            stats.files[name] = (st.st_ino, st.st_size, st.st_ctime_ns)
+    return stats if not _fresh(stats) else None
 
 
 def take(folder: Path, records: list[FileRecord]) -> bytes | None:
     """The fingerprint of a folder that holds exactly `records`, or None when it does not.
 
     Must be taken before (or while) the bytes it vouches for are hashed: a change after this stat
-    moves ctime past it. Files stamped within the last tick are stat'ed again once the tick has
-    passed (at most RACY_NS of waiting), so a change in that tick cannot hide."""
-    stats = stat_tree(folder)
-    fresh = [c for _i, _s, c in stats.files.values() if _racy(stats.taken_ns, c)]
-    if fresh and not any(c % 1_000_000_000 == 0 for c in fresh):
-        time.sleep(max(0, max(fresh) + RACY_NS - time.time_ns()) / 1e9)
-        stats = stat_tree(folder)
+    moves ctime past it. Files stamped within the stamp clock's current tick are stat'ed again once
+    it has ticked (platform.stamp_tick_ns: 4 ms here), so a change in that tick cannot hide."""
+    stats = _settle(folder, stat_tree(folder))
     names = sorted(name for name, _size, _digest in records)
-    if stats.odd or len(names) != len(stats.files) or any(n not in stats.files for n in names):
+    if stats is None or stats.odd or len(names) != len(stats.files) or any(n not in stats.files for n in names):
         return None
     head = _HEAD.pack(_VERSION, stats.taken_ns, len(names))
     body = b"".join(_ENTRY.pack(*stats.files[n]) for n in names)
@@ -86,13 +122,13 @@ def decode(blob: bytes) -> Fingerprint | None:
         raw = zlib.decompress(blob)
         version, taken_ns, count = _HEAD.unpack_from(raw)
         end = _HEAD.size + count * _ENTRY.size
-        if version != _VERSION or len(raw) < end:
+        if version not in (1, _VERSION) or len(raw) < end:
             return None
         stats = [_ENTRY.unpack_from(raw, _HEAD.size + i * _ENTRY.size) for i in range(count)]
         tail = raw[end:].decode("utf-8", "surrogateescape")
     except (zlib.error, struct.error):
         return None
-    return Fingerprint(taken_ns, stats, tail.split("\0") if tail else [])
+    return Fingerprint(version, taken_ns, stats, tail.split("\0") if tail else [])
 
 
 def unchanged(folder: Path, records: list[FileRecord], blob: bytes | None) -> bool:
@@ -112,7 +148,7 @@ def unchanged(folder: Path, records: list[FileRecord], blob: bytes | None) -> bo
         return False
     sizes = {name: size for name, size, _digest in records}
     for name, was in zip(names, fp.stats, strict=True):
-        if now.files.get(name) != was or was[1] != sizes[name] or _racy(fp.taken_ns, was[2]):
+        if now.files.get(name) != was or was[1] != sizes[name] or _racy(fp.version, fp.taken_ns, was[2]):
             return False
     return True
 
