@@ -17,7 +17,7 @@ import os
 import shutil
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, cast
@@ -26,13 +26,16 @@ from isal import igzip, isal_zlib
 
 from datasetd.archive.digest import hash_file
 from datasetd.archive.indexprogress import ProgressFile
+from datasetd.archive.inplace import RangeFile, reads_in_place
 from datasetd.archive.tarsafe import (
     TOP,
     HashingReader,
     Readable,
     TailCheck,
     check_member,
+    check_zero_tail,
     class_tar_members,
+    open_seekable,
     open_stream,
 )
 from datasetd.core.model import CHUNK, FLAT, FileRecord, Origin, UnitIndex
@@ -252,7 +255,7 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
     files: list[FileRecord] = []
     dirs = 0
     seen: set[str] = set()
-    with _unit_members(origin) as tf:
+    with _unit_members(origin) as (tf, data_of):
         for member in tf:
             rel = check_member(label, member, library_filter=False)
             if rel == TOP:
@@ -267,7 +270,7 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
             if member.size > expected_bytes:
                 raise HostileArchive(label, member.name, f"claims {member.size} bytes, more than the "
                                      f"{expected_bytes} the index counted for the whole unit")
-            files.append(_write_member(tf, member, partial, rel, label, read_back))
+            files.append(_write_member(data_of(member), member, partial, rel, label, read_back))
     if read_back:
         _check_member_set(partial, files)
     return Extracted(files, dirs, read_back)
@@ -281,13 +284,11 @@ def _check_member_set(partial: Path, files: list[FileRecord]) -> None:
         raise TemporaryError(f"{partial}: not the member set just written ({odd[0]}); extracting again", 0)
 
 
-def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, partial: Path, rel: str,
+def _write_member(source: Readable, member: tarfile.TarInfo, partial: Path, rel: str,
                   label: str, read_back: bool) -> FileRecord:
     parent = rel.rpartition("/")[0]
     if parent:
         _mkdirs(partial, parent, label, member.name)
-    source = tf.extractfile(member)
-    assert source is not None
     h = hashlib.sha256()
     try:
         fd = os.open(partial / rel, _O_CREATE, 0o644)
@@ -332,19 +333,47 @@ def _open_origin(origin: Origin) -> Iterator[HashingReader]:
         yield HashingReader(raw, origin.size, ("sha256",) if origin.sha256 else ())
 
 
+DataOf = Callable[[tarfile.TarInfo], Readable]  # a member's bytes, from the tar being read
+
+
 @contextlib.contextmanager
-def _unit_members(origin: Origin) -> Iterator[tarfile.TarFile]:
-    """The members of a unit's tar, read from its origin; on a clean exit the rest of the origin is
-    drained and its digest checked (a unit is good only if every byte of its tar was)."""
+def _unit_members(origin: Origin) -> Iterator[tuple[tarfile.TarFile, DataOf]]:
+    """The members of a unit's tar, read from its origin, with a reader of each one's bytes. On a
+    clean exit the rest of the origin is checked: drained and its digest compared (a unit is good
+    only if every byte of its tar was), or, read in place, zeros only after the last member."""
     label = _label(origin)
+    if reads_in_place(origin):
+        with _in_place_members(origin, label) as members:
+            yield members
+        return
     with _open_origin(origin) as reader, _reading(label), _decoding(label):
         # A flat tar may be compressed (class tars inside an archive never are): decompress in the
         # stream, never into an uncompressed copy on disk.
         magic = _magic(origin.path) if origin.offset == 0 else b""
         with open_stream(_decompressing(reader, magic), label, compressed=False) as tf:
-            yield tf
+            yield tf, _stream_data(tf)
         reader.drain()
     _check_origin_digest(origin, reader)
+
+
+def _stream_data(tf: tarfile.TarFile) -> DataOf:
+    def data_of(member: tarfile.TarInfo) -> Readable:
+        source = tf.extractfile(member)
+        assert source is not None  # only regular members are read
+        return source
+    return data_of
+
+
+@contextlib.contextmanager
+def _in_place_members(origin: Origin, label: str) -> Iterator[tuple[tarfile.TarFile, DataOf]]:
+    fd = os.open(origin.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        window = RangeFile(fd, origin.offset, origin.size)
+        with _reading(label), open_seekable(cast(IO[bytes], window), label) as tf:
+            yield tf, window.member
+            check_zero_tail(cast(IO[bytes], window), label, tf.offset, origin.size)
+    finally:
+        os.close(fd)
 
 
 def _check_origin_digest(origin: Origin, reader: HashingReader) -> None:
@@ -411,15 +440,13 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
     label = _label(origin)
     files: list[FileRecord] = []
     dirs = 0
-    with _unit_members(origin) as tf:
+    with _unit_members(origin) as (tf, data_of):
         for member in tf:
             rel = check_member(label, member, library_filter=False)
             if member.isdir():
                 dirs += rel != TOP
                 continue
-            src = tf.extractfile(member)
-            assert src is not None
-            digest = _same_file(src, folder / rel, member.size, hashlib.sha256())
+            digest = _same_file(data_of(member), folder / rel, member.size, hashlib.sha256())
             files.append((rel, member.size, digest))
     on_disk = list_files(folder)
     if on_disk.problems or set(on_disk.files) != {f[0] for f in files}:
@@ -427,7 +454,7 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
     return Extracted(files, dirs)
 
 
-def _same_file(src: IO[bytes], path: Path, size: int, h: hashlib._Hash) -> str:
+def _same_file(src: Readable, path: Path, size: int, h: hashlib._Hash) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
