@@ -25,13 +25,14 @@ from pathlib import Path
 from datasetd import platform
 from datasetd.archive.digest import hash_file
 from datasetd.archive.indexprogress import ProgressFile
+from datasetd.archive.tarread import reading, tally
 from datasetd.archive.tarsafe import (
     HashingReader,
     check_zero_tail,
     class_tar_members,
     open_seekable,
 )
-from datasetd.archive.unpack import IndexResult, _reading, _tally
+from datasetd.archive.unpack import IndexResult
 from datasetd.core.model import UnitIndex
 from datasetd.errors import CorruptArchive, PermanentError
 
@@ -58,7 +59,7 @@ def index_headers(path: Path, unit_digests: frozenset[str], progress: Path | Non
         platform.random_hint(raw.fileno())
         shown.parser = position
         shown.hashed(st.st_size)  # nothing is hashed: the progress is the parser's alone
-        with _reading(archive):
+        with reading(archive):
             outer = position.outer = open_seekable(raw, archive)
             with outer:
                 # members not counted yet (ProveArchive counts them): a class tar holds at most its size
@@ -78,7 +79,7 @@ def index_members(path: Path, unit_digests: frozenset[str], *, md5: bool, stop: 
         whole = pool.submit(hash_file, path, md5=md5, stop=stop, progress=hashed.advance)
         whole.add_done_callback(hashed.finish)
         try:
-            with path.open("rb", buffering=0) as raw, _reading(archive):
+            with path.open("rb", buffering=0) as raw, reading(archive):
                 platform.random_hint(raw.fileno())  # behind the hash every page is cached; else read no more
                 with open_seekable(raw, archive) as outer:
                     units = []
@@ -113,8 +114,8 @@ def _count_members(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, a
     source = outer.extractfile(member)  # a seekable view of the class tar's bytes in the archive
     assert source is not None
     try:
-        with _reading(label), open_seekable(source, label) as inner:
-            files, dirs, total = _tally(inner, label, member.size)
+        with reading(label), open_seekable(source, label) as inner:
+            files, dirs, total = tally(inner, label, member.size)
             check_zero_tail(source, label, inner.offset, member.size)
     except PermanentError as e:
         problem = str(e)  # this class is refused; the others go on

@@ -196,7 +196,7 @@ class BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _META_TYPES and self.size > MAX_META_BYTES:
-            # The archive's name is not known here: unpacking._reading adds it.
+            # The archive's name is not known here: tarread.reading adds it.
             raise HostileArchive("", self.name, f"a {self.size}-byte extended header (at most {MAX_META_BYTES})")
         return super()._proc_member(tf)  # type: ignore[misc,no-any-return]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasetd.archive import unpack
+from datasetd.archive import extract
 from datasetd.core.model import CHUNK, FileRecord, Origin
 from datasetd.state import filestats
 from datasetd.state.fswalk import list_files
@@ -131,15 +131,15 @@ def digest_list(records: Iterable[FileRecord], prefix: str) -> str:
 
 
 def extract_fingerprinted(origin: Origin, folder: Path, partial: Path, old: Path,
-                          expected_bytes: int) -> tuple[unpack.Extracted, bytes | None]:
-    """unpack.extract_unit, then the fingerprint of what it read back. The stat follows the read-back
+                          expected_bytes: int) -> tuple[extract.Extracted, bytes | None]:
+    """extract.extract_unit, then the fingerprint of what it read back. The stat follows the read-back
     by the rest of the unit's extraction: only a writer racing datasetd inside its own fresh folder
     in that moment could slip past it (any change after the stat is seen)."""
-    result = unpack.extract_unit(origin, folder, partial, old, expected_bytes)
+    result = extract.extract_unit(origin, folder, partial, old, expected_bytes)
     return result, filestats.take(folder, result.files) if result.read_back else None
 
 
 def adopt_fingerprinted(origin: Origin, folder: Path, partial: Path, old: Path,
-                        expected_bytes: int) -> tuple[tuple[bool, unpack.Extracted], bytes | None]:
-    adopted, result = unpack.adopt_unit(origin, folder, partial, old, expected_bytes)
+                        expected_bytes: int) -> tuple[tuple[bool, extract.Extracted], bytes | None]:
+    adopted, result = extract.adopt_unit(origin, folder, partial, old, expected_bytes)
     return (adopted, result), filestats.take(folder, result.files) if result.read_back else None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from datasetd import logs
-from datasetd.archive import arrange, headerindex, unpack, verify
+from datasetd.archive import arrange, extract, headerindex, unpack, verify
 from datasetd.archive.digest import check_pins
 from datasetd.config.manifest import Component, Manifest
 from datasetd.core.model import (
@@ -233,7 +233,7 @@ def _remove_unproven(hands: Hands, comp: Component, unit: str) -> None:
     its pin, its digest list, and `into` once empty if this run made it: the tree is as it was.
     Not flushed: if power loss undoes it, the folder is unrecorded and compared with its tar next pass."""
     assert comp.into is not None
-    unpack.clear(unit_paths(comp, unit).folder)
+    extract.clear(unit_paths(comp, unit).folder)
     digestlists.list_path(hands.manifest, comp.name, unit).unlink(missing_ok=True)
     if comp.name in hands.made_into:
         with contextlib.suppress(OSError):  # not empty: another unit is still being extracted
@@ -288,7 +288,7 @@ def _adopt_work(hands: Hands, action: AdoptUnit) -> Work:
                                     action.expected_bytes)
 
 
-def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[unpack.Extracted, bytes | None]) -> bool:
+def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[extract.Extracted, bytes | None]) -> bool:
     extracted, stats = result
     problem = _refused_meanwhile(hands, action)
     if problem is not None:
@@ -313,7 +313,7 @@ def _refused_meanwhile(hands: Hands, action: ExtractUnit) -> str | None:
 
 
 def _adopt_record(hands: Hands, action: AdoptUnit,
-                  result: tuple[tuple[bool, unpack.Extracted], bytes | None]) -> bool:
+                  result: tuple[tuple[bool, extract.Extracted], bytes | None]) -> bool:
     (adopted, extracted), stats = result
     _record_unit(hands, action.component, action.unit, extracted,
                  "adopted" if adopted else "replaced", stats=stats)
@@ -321,14 +321,14 @@ def _adopt_record(hands: Hands, action: AdoptUnit,
     return _read_back(hands, action, extracted)
 
 
-def _read_back(hands: Hands, action: ExtractUnit | AdoptUnit, result: unpack.Extracted) -> bool:
+def _read_back(hands: Hands, action: ExtractUnit | AdoptUnit, result: extract.Extracted) -> bool:
     """A unit read back while it was extracted is verified: it waits for the group commit only."""
     if result.read_back:
         hands.journal.step(action.component, action.unit, VerifyUnit.__name__, "ok", "read back while extracted")
     return result.read_back
 
 
-def _record_unit(hands: Hands, component: str, unit: str, result: unpack.Extracted, verb: str, *,
+def _record_unit(hands: Hands, component: str, unit: str, result: extract.Extracted, verb: str, *,
                  stats: bytes | None) -> None:
     archive = hands.journal.archive(component)
     assert archive is not None  # a unit is extracted only from an indexed archive
