@@ -47,6 +47,7 @@ from datasetd.core.model import (
 from datasetd.core.planning import is_ready, plan
 from datasetd.core.summary import summarize
 from datasetd.engine import digestlists
+from datasetd.engine.groupcommit import GroupCommit
 from datasetd.engine.steps import STEPS, Hands, discard_unproven, index_progress_path
 from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
@@ -111,6 +112,7 @@ class Executor:
         self.observed: dict[str, ComponentState] = {}
         self.states: dict[Key, StepState] = {}
         self.futures: dict[cf.Future[Any], Key] = {}
+        self.flusher: GroupCommit[Key] = GroupCommit()
         self._last_progress = time.monotonic()
         self._new: tuple[Manifest, Mapping[str, Source] | None] | None = None
         self._pools_by_place: dict[str, cf.Executor] = {}
@@ -173,7 +175,10 @@ class Executor:
                 if self.stop.is_set():
                     self.hands.stop_fetches()
                 self._drain_on_stop()
-                self._commit(force=True)
+                try:
+                    self._commit(force=True)
+                finally:
+                    self.flusher.close()
         return self._outcome()
 
     def _keep_fingerprints(self, fresh: bool = False) -> None:
@@ -210,11 +215,14 @@ class Executor:
             if not self.futures and not self._awaiting_commit() and retry_at is None:
                 return
             timeout = self._next_wakeup(retry_at)
-            if not self.futures:
+            flush = self.flusher.future
+            if not self.futures and flush is None:
                 self.stop.wait(timeout)  # cf.wait returns at once on no futures: waiting there would spin
-            done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+            waits = [*self.futures, *([flush] if flush is not None else [])]
+            done, _ = cf.wait(waits, timeout=timeout, return_when=cf.FIRST_COMPLETED)
             for future in done:
-                self._complete(future)
+                if future is not flush:
+                    self._complete(future)
             self._commit()
             self._report()
 
@@ -371,9 +379,14 @@ class Executor:
     # ---- group commit ------------------------------------------------------------------------
 
     def _commit(self, force: bool = False) -> None:
+        """Record the batch whose flush returned; start the next one when it is due. `force` (the
+        end of a run) waits for the flush in flight and flushes what is left, as does an idle loop."""
+        self._record_flushed(wait=force)
         for key in self._awaiting_commit():
             if not self._extracted(key):
                 self._set(key, verified_at=None)  # forgotten meanwhile (its class was refused): not committed
+        if self.flusher.future is not None:
+            return  # one flush at a time: units verified meanwhile wait for the next
         # Units of an archive whose digest is still being checked wait for the verdict.
         waiting = {k: t for k, t in self._awaiting_commit().items() if self._proven(k[0])}
         if not waiting:
@@ -382,13 +395,21 @@ class Executor:
         stale = time.monotonic() - min(waiting.values()) >= self.commit_every
         if not (force or idle or len(waiting) >= COMMIT_BATCH or stale):
             return
-        # One flush for every unit in the batch: after syncfs returns, the extracted files
-        # and their directory renames survive power loss, so VERIFIED may be recorded and
-        # the tars deleted (journal commit is synchronous=FULL).
-        for path in self._commit_filesystems(waiting):
-            platform.syncfs(path)
+        # One flush for every unit in the batch (engine/groupcommit.py), off this thread.
+        self.flusher.start(sorted(waiting), self._commit_filesystems(waiting))
+        if force or idle:
+            self._record_flushed(wait=True)  # nothing else to do meanwhile
+
+    def _record_flushed(self, wait: bool) -> None:
+        """After the batch's syncfs returned, its extracted files and directory renames survive power
+        loss, so VERIFIED may be recorded and the tars deleted (journal commit is synchronous=FULL)."""
+        batch = self.flusher.finished(wait)
+        if batch is None:
+            return
         by_component: dict[str, list[str]] = {}
-        for component, unit in waiting:
+        for component, unit in batch:
+            if self._state((component, unit)).verified_at is None or not self._extracted((component, unit)):
+                continue  # forgotten or re-planned while it was flushed: not committed
             self._set((component, unit), verified_at=None)
             by_component.setdefault(component, []).append(unit)
         for name, units in by_component.items():
