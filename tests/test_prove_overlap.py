@@ -35,6 +35,7 @@ from datasetd.core.model import (
     ComponentState,
     ExtractUnit,
     IndexArchive,
+    Journal,
     Observed,
     ProveArchive,
     UnitIndex,
@@ -128,13 +129,36 @@ def test_while_the_digest_is_checked_only_fresh_in_place_extractions_start() -> 
              UnitState(index=UnitIndex("c", 512, 10240, "d" * 64, 3, 0, 9000), loose_tar="c.tar", loose_tar_ok=True))
     pending = ArchiveState(present=True, size=100, verified=True, indexed=True, proven=False)
     actions = plan(m, Observed({"train": ComponentState(archive=pending, units=units,
-                                                        archive_sha256=f"{UNPROVEN}x")}))
+                                                        archive_sha256=f"{UNPROVEN}x", inodes_free=10**9)}))
     assert [type(a) for a in actions] == [ProveArchive, ExtractUnit], actions
     extract = actions[1]
     assert isinstance(extract, ExtractUnit) and extract.unit == "a" and not extract.origin.loose
     proven = ArchiveState(present=True, size=100, verified=True, indexed=True)
     after = plan(m, Observed({"train": ComponentState(archive=proven, units=units, archive_sha256="a" * 64)}))
     assert {type(a) for a in after} == {ExtractUnit, AdoptUnit}, after
+
+
+def test_while_the_digest_is_checked_units_start_only_as_far_as_free_inodes_surely_last() -> None:
+    """Pure planner: members are not counted yet, so a class tar of n bytes may need n // 512 inodes
+    (a header each) plus its folder; units start in order while those bounds, summed over every unit
+    not yet extracted, fit in the inodes free now. An extracted unit's inodes are already taken."""
+    m = manifest()
+    idx = [UnitIndex(f"n{i}", offset=512 * (1 + 101 * i), size=512 * 100, sha256="", files=0, dirs=0,
+                     bytes=512 * 100) for i in range(5)]
+    pending = ArchiveState(present=True, size=100, verified=True, indexed=True, proven=False)
+
+    def started(units: tuple[UnitState, ...], free: int | None) -> list[str]:
+        actions = plan(m, Observed({"train": ComponentState(archive=pending, units=units,
+                                                            archive_sha256=f"{UNPROVEN}x", inodes_free=free)}))
+        assert isinstance(actions[0], ProveArchive)
+        return [a.unit for a in actions[1:] if isinstance(a, ExtractUnit)]
+
+    fresh = tuple(UnitState(index=i) for i in idx)
+    assert started(fresh, 3 * 101) == ["n0", "n1", "n2"]
+    assert started(fresh, 3 * 101 - 1) == ["n0", "n1"]
+    assert started(fresh, None) == []  # not looked up: nothing may start before the count
+    one_done = (UnitState(index=idx[0], folder=True, journal=Journal.EXTRACTED), *fresh[1:])
+    assert started(one_done, 3 * 101) == ["n1", "n2", "n3"]
 
 
 def test_no_unit_is_committed_verified_before_the_verdict(dataset: Dataset) -> None:

@@ -93,6 +93,9 @@ class ComponentState:
     archive: ArchiveState
     units: tuple[UnitState, ...] = ()
     archive_sha256: str | None = None  # from the journal, when verified
+    # Free inodes where the units go, looked up while the archive is not yet proved: the full index
+    # has not counted its members, so what may start meanwhile is bounded by this (planning).
+    inodes_free: int | None = None
 
 
 @dataclass(frozen=True)

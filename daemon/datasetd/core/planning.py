@@ -98,7 +98,7 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
         return [_archive_step(comp, archive)]
     units = selected_units(comp, state)
     if not archive.proven:
-        return _while_proving(comp, archive, units)
+        return _while_proving(comp, archive, units, state.inodes_free)
     refusal = _refusal(comp, state, units)
     if refusal is not None:
         return [refusal]
@@ -117,15 +117,27 @@ def plan_component(comp: Component, state: ComponentState) -> list[Action]:
     return actions
 
 
-def _while_proving(comp: Component, archive: ArchiveState, units: tuple[UnitState, ...]) -> list[Action]:
+def _while_proving(comp: Component, archive: ArchiveState, units: tuple[UnitState, ...],
+                   inodes_free: int | None) -> list[Action]:
     """The outer headers are indexed, the full pass not yet: run it (ProveArchive), and meanwhile
     extract every unit that has nothing on disk, read in place. What would replace, adopt, rename
     or delete anything waits for the verdict, and no unit is committed verified before it (the
-    executor's group commit): a bad archive forgets and removes only folders made meanwhile."""
+    executor's group commit): a bad archive forgets and removes only folders made meanwhile.
+
+    Members are not counted yet, so the inode check cannot have run: a class tar of n bytes holds
+    at most n // 512 entries (a header each), and units start only while those bounds, summed over
+    every unit not yet extracted up to this one (running ones included), fit in the free inodes.
+    The exact check follows the verdict, as before; a full disk is never found half-way."""
     actions: list[Action] = [ProveArchive(comp.name, path=comp.archive)]
     if comp.expect is not None or comp.classes is not None:
         return actions  # what they refuse is known from the full index only: no work before it
+    budget = inodes_free if inodes_free is not None else 0
     for unit in units:
+        if unit.journal is not Journal.NONE:
+            continue  # extracted: its inodes are already taken, and counted in what is free
+        budget -= unit.index.size // 512 + 1
+        if budget < 0:
+            break
         action = plan_unit(comp, archive, unit)
         if isinstance(action, ExtractUnit) and not action.replace and not action.origin.loose:
             actions.append(action)

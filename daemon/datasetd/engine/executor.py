@@ -53,7 +53,7 @@ from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
 from datasetd.state.journal import JournalDB
 from datasetd.state.observe import observe, observe_component, observe_unit
-from datasetd.state.space import check_space, still_needed
+from datasetd.state.space import check_space, inodes_free, still_needed
 from datasetd.state.status import ComponentStatus, StatusBoard
 
 MAX_ATTEMPTS = 3
@@ -372,7 +372,9 @@ class Executor:
             units = tuple(
                 observe_unit(comp, self.journal, u.index, state.archive_sha256, rows.get(u.name))
                 if u.name == action.unit else u for u in state.units)
-            self.observed[comp.name] = replace(state, units=units)
+            # while the archive is being proved, what may start is bounded by the inodes free now
+            free = inodes_free(comp.into) if state.inodes_free is not None and comp.into is not None else None
+            self.observed[comp.name] = replace(state, units=units, inodes_free=free)
         else:
             self.observed[comp.name] = observe_component(comp, self.journal)
 

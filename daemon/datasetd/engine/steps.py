@@ -47,7 +47,6 @@ from datasetd.sources.base import Fetched, FetchProgress, Source
 from datasetd.state.durable import write_text_atomic, write_text_fast
 from datasetd.state.journal import ArchiveRow, JournalDB
 from datasetd.state.observe import loose_tar_names
-from datasetd.state.space import inodes_free
 from datasetd.state.status import StatusBoard
 
 A = TypeVar("A", bound=Action)
@@ -142,10 +141,10 @@ def _index_work(hands: Hands, action: IndexArchive) -> Work:
     digests = loose_tar_names(comp) if pinned else None
     progress = index_progress_path(hands.manifest, comp.name)
     progress.parent.mkdir(mode=0o700, exist_ok=True)
-    if pinned and comp.unpack == "class-tars" and comp.expect is None and comp.classes is None \
-            and _inodes_surely_fit(comp, size):
+    if pinned and comp.unpack == "class-tars" and comp.expect is None and comp.classes is None:
         # The outer headers only: ProveArchive (the full pass, digest and members) runs while the
-        # units are extracted. An `expect` or a subset needs the members counted before any work.
+        # units are extracted, as many at a time as surely fit in the free inodes (planning's
+        # _while_proving). An `expect` or a subset needs the members counted before any work.
         return (functools.partial(headerindex.index_headers, progress=progress),
                 (action.path, digests or frozenset()))
     return (functools.partial(unpack.index_archive, md5=comp.md5 is not None, unit_digests=digests,
@@ -238,14 +237,6 @@ def _remove_unproven(hands: Hands, comp: Component, unit: str) -> None:
     if comp.name in hands.made_into:
         with contextlib.suppress(OSError):  # not empty: another unit is still being extracted
             comp.into.rmdir()
-
-
-def _inodes_surely_fit(comp: Component, size: int) -> bool:
-    """Whether the most inodes a tar of `size` bytes could need (one per 512-byte header) are free
-    where it is extracted: only then may extraction start before the full index counted them (the
-    inode check after the index stays before any write)."""
-    assert comp.into is not None
-    return size // 512 <= inodes_free(comp.into)
 
 
 def index_progress_path(manifest: Manifest, component: str) -> Path:

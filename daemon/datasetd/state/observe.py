@@ -29,6 +29,7 @@ from datasetd.state.filestats import expected_dirs
 from datasetd.state.fswalk import list_files, unchanged_since
 from datasetd.state.journal import ArchiveRow, JournalDB, UnitRow
 from datasetd.state.safedir import check_own_dir
+from datasetd.state.space import inodes_free
 
 
 def observe(manifest: Manifest, journal: JournalDB) -> Observed:
@@ -59,7 +60,8 @@ def observe_component(comp: Component, journal: JournalDB) -> ComponentState:
         rows = journal.units(comp.name)
         units = tuple(observe_unit(comp, journal, idx, archive_sha, rows.get(idx.name))
                       for idx in journal.unit_index(comp.name, archive_sha))
-    return ComponentState(archive=archive, units=units, archive_sha256=archive_sha)
+    free = inodes_free(comp.into) if comp.into is not None and indexed and not archive.proven else None
+    return ComponentState(archive=archive, units=units, archive_sha256=archive_sha, inodes_free=free)
 
 
 def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sha: str,
