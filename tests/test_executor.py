@@ -141,5 +141,5 @@ def test_the_step_table_covers_every_concrete_action_type() -> None:
     actions = {c for c in concrete(model.Action) if c.__module__ == model.__name__} - {model.UnitAction, model.Blocked}
     assert actions == set(STEPS), "an Action type without a Step (or a Step for no Action)"
     for kind in actions:
-        assert kind.runs_in in ("worker", "thread", "inline")
+        assert kind.runs_in in ("worker", "process", "thread", "inline")
         assert kind.phase in ("fetching", "unpacking", "verifying")

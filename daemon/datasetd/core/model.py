@@ -118,7 +118,9 @@ class Origin:
 
 
 Phase = Literal["fetching", "unpacking", "verifying"]
-RunsIn = Literal["worker", "thread", "inline"]  # a worker process (CPU), a fetch thread, or the executor itself
+# a worker process (CPU), a process of its own (one long pass beside the workers), a fetch thread,
+# or the executor itself
+RunsIn = Literal["worker", "process", "thread", "inline"]
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,9 @@ class ProveArchive(Action):
     """Hash an archive whose index is already recorded and check the digest against its pin, while
     units are extracted from it; its verdict gates every commit of those units as verified."""
 
-    runs_in: ClassVar[RunsIn] = "thread"  # hashlib and read() release the GIL: a core of its own
+    # Not a thread of the executor: its header parse held the GIL between the executor's own
+    # syscalls (a stat, a journal write), each then waiting up to a switch interval to go on.
+    runs_in: ClassVar[RunsIn] = "process"
     path: Path
 
     def traffic(self, comp: Component, state: ComponentState) -> tuple[int, int]:

@@ -71,6 +71,7 @@ class StepState:
     failed: str | None = None  # permanent failure: the key stays in error until the manifest changes
     running: Action | None = None
     verified_at: float | None = None  # verified, waiting for the group commit since
+    flushed: bool = False  # its files survive power loss: only the archive's verdict may still be awaited
 
     @property
     def busy(self) -> bool:
@@ -139,7 +140,8 @@ class Executor:
         self.hands.stop_fetches_of({n for n in self.hands.fetch_stops if n not in enabled})
         # A manifest edit is the user acting: failures and backoffs start afresh. What is in flight
         # stays tracked; what waits for a commit stays only for components that are still enabled.
-        self.states = {key: StepState(running=s.running, verified_at=s.verified_at if key[0] in enabled else None)
+        self.states = {key: StepState(running=s.running, verified_at=s.verified_at if key[0] in enabled else None,
+                                      flushed=s.flushed and key[0] in enabled)
                        for key, s in self.states.items() if s.running is not None
                        or (s.verified_at is not None and key[0] in enabled)}
         self.observed = dict(observe(manifest, self.journal).components)
@@ -196,16 +198,18 @@ class Executor:
     def _pools(self) -> Iterator[dict[str, cf.Executor]]:
         ctx = multiprocessing.get_context("fork")
         procs = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker)
+        prover = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker)
         threads = cf.ThreadPoolExecutor(4, thread_name_prefix="fetch")
         try:
-            yield {"worker": procs, "thread": threads}
+            yield {"worker": procs, "process": prover, "thread": threads}
         finally:
             stopping = self.stop.is_set()
             threads.shutdown(wait=not stopping, cancel_futures=True)
-            if stopping:
-                for p in list(getattr(procs, "_processes", {}).values()):
-                    p.kill()  # abandoned steps leave only .partial dirs, cleared next run
-            procs.shutdown(wait=True, cancel_futures=True)
+            for pool in (procs, prover):
+                if stopping:
+                    for p in list(getattr(pool, "_processes", {}).values()):
+                        p.kill()  # abandoned steps leave only .partial dirs, cleared next run
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -323,7 +327,7 @@ class Executor:
         else:
             if self._state(key).attempts:
                 self.board.update(action.component, retry=None)  # the retry worked: stop saying it is pending
-            self._set(key, attempts=0, verified_at=time.monotonic() if verified else None)
+            self._set(key, attempts=0, verified_at=time.monotonic() if verified else None, flushed=False)
         self._refresh(action)
         if isinstance(action, (IndexArchive, ProveArchive)) and self._state(key).failed is None:
             self._recheck_space(action)
@@ -386,11 +390,13 @@ class Executor:
         self._record_flushed(wait=force)
         for key in self._awaiting_commit():
             if not self._extracted(key):
-                self._set(key, verified_at=None)  # forgotten meanwhile (its class was refused): not committed
+                self._set(key, verified_at=None, flushed=False)  # forgotten meanwhile (refused): not committed
+        self._record_durable()
         if self.flusher.future is not None:
             return  # one flush at a time: units verified meanwhile wait for the next
-        # Units of an archive whose digest is still being checked wait for the verdict.
-        waiting = {k: t for k, t in self._awaiting_commit().items() if self._proven(k[0])}
+        # A unit of an archive whose digest is still being checked is flushed like any other (its
+        # bytes will not change), and recorded once the verdict is in: no flush is left for then.
+        waiting = {k: t for k, t in self._awaiting_commit().items() if not self._state(k).flushed}
         if not waiting:
             return
         idle = not self.futures
@@ -401,19 +407,23 @@ class Executor:
         self.flusher.start(sorted(waiting), self._commit_filesystems(waiting))
         if force or idle:
             self._record_flushed(wait=True)  # nothing else to do meanwhile
+            self._record_durable()
 
     def _record_flushed(self, wait: bool) -> None:
-        """After the batch's syncfs returned, its extracted files and directory renames survive power
-        loss, so VERIFIED may be recorded and the tars deleted (journal commit is synchronous=FULL)."""
-        batch = self.flusher.finished(wait)
-        if batch is None:
-            return
+        """The batch whose syncfs returned: its extracted files and directory renames now survive
+        power loss."""
+        for key in self.flusher.finished(wait) or ():
+            if self._state(key).verified_at is not None and self._extracted(key):
+                self._set(key, flushed=True)  # else forgotten or re-planned while it was flushed
+
+    def _record_durable(self) -> None:
+        """Record VERIFIED every flushed unit whose archive is proved, so its tars may be deleted
+        (journal commit is synchronous=FULL)."""
         by_component: dict[str, list[str]] = {}
-        for component, unit in batch:
-            if self._state((component, unit)).verified_at is None or not self._extracted((component, unit)):
-                continue  # forgotten or re-planned while it was flushed: not committed
-            self._set((component, unit), verified_at=None)
-            by_component.setdefault(component, []).append(unit)
+        for component, unit in sorted(self._awaiting_commit()):
+            if self._state((component, unit)).flushed and self._proven(component):
+                self._set((component, unit), verified_at=None, flushed=False)
+                by_component.setdefault(component, []).append(unit)
         for name, units in by_component.items():
             self.journal.mark_verified(name, units)
             for unit in units:
@@ -496,6 +506,7 @@ class Executor:
     def _drain_on_stop(self) -> None:
         if not self.stop.is_set():
             return
+        self._abandon_proofs()
         deadline = time.monotonic() + self.manifest.daemon.stop_timeout
         while self.futures and time.monotonic() < deadline:
             done, _ = cf.wait(list(self.futures), timeout=max(0.0, deadline - time.monotonic()),
@@ -503,6 +514,17 @@ class Executor:
             for future in done:
                 self._complete(future)
         self.log.info("apply.stopped", abandoned=len(self.futures))
+
+    def _abandon_proofs(self) -> None:
+        """A stop does not wait for a proof pass (minutes at full size): it only yields an index, so
+        its process is killed and the pass runs again next time; the units it gates stay unrecorded."""
+        for future, key in list(self.futures.items()):
+            action = self._state(key).running
+            if action is not None and self._place(action) == "process":
+                self.futures.pop(future)
+                self._set(key, running=None)
+        for p in list(getattr(self._pools_by_place.get("process"), "_processes", {}).values()):
+            p.kill()
 
     def _outcome(self) -> Outcome:
         self._report()

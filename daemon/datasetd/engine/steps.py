@@ -164,17 +164,18 @@ def _prove_work(hands: Hands, action: ProveArchive) -> Work:
     row = hands.journal.archive(comp.name)
     assert row is not None and unproven(row.sha256)  # planned only for an index not yet proved
     loose = frozenset(u.name for u in hands.journal.unit_index(comp.name, row.sha256) if u.sha256)
-    return (functools.partial(_full_index, md5=comp.md5 is not None, unit_digests=loose, stop=hands.stop),
+    return (functools.partial(_full_index, md5=comp.md5 is not None, unit_digests=loose),
             (action.path, (row.size, row.mtime_ns, row.ino)))
 
 
-def _full_index(path: Path, fingerprint: tuple[int, int, int], md5: bool, unit_digests: frozenset[str],
-                stop: threading.Event) -> unpack.IndexResult | PermanentError:
+def _full_index(path: Path, fingerprint: tuple[int, int, int], md5: bool,
+                unit_digests: frozenset[str]) -> unpack.IndexResult | PermanentError:
     """The full index pass (digest, every member checked and counted) of the file the outer headers
-    were read from. A refusal (another file by now, a tar that cannot be read) is returned, not
-    raised: its record forgets and removes what was extracted meanwhile, as for a broken pin."""
+    were read from, in a process of its own (a stop kills it). A refusal (another file by now, a tar
+    that cannot be read) is returned, not raised: its record forgets and removes what was extracted
+    meanwhile, as for a broken pin."""
     try:
-        result = headerindex.index_members(path, unit_digests, md5=md5, stop=stop)
+        result = headerindex.index_members(path, unit_digests, md5=md5, stop=threading.Event())
     except PermanentError as e:
         return e
     if (result.size, result.mtime_ns, result.ino) != fingerprint:
