@@ -94,13 +94,19 @@ def budget(home: Path, margin: int, large: gen.Spec, small: gen.Spec, rows: set[
 def image_need(args: argparse.Namespace, large: gen.Spec, small: gen.Spec) -> benchfs.Need:
     """The bench's ext4 holds every data set of these settings (whichever rows run now: it is kept for the
     next run) and, at any moment, one work tree: the largest is the large set's two-stage copy + tree, or
-    row 8's million empty files (directory blocks and datasetd's journal, ~0.5 KB a file)."""
+    row 8's million empty files (directory blocks and datasetd's journal, ~0.5 KB a file).
+
+    Inodes: the largest tree, and no fewer than an archive's worst case (a file per 512-byte
+    header): while an archive is being proved datasetd starts only the units whose worst case fits
+    the free inodes, which a user's disk (16 KiB an inode, mke2fs's default) always has for a
+    1 GB archive; an image with fewer would hold the extraction back where no user's disk would."""
     noop_tar = args.noop_files * 512 + NOOP_CLASSES * 11 * 1024  # headers only; one padded class tar each
     data = 2 * (large.approx_tar_bytes() + small.approx_tar_bytes()) + noop_tar  # outer tar + split classes
     work = max(s.approx_tar_bytes() + s.approx_tree_bytes() for s in (large, small))
     work = max(work, args.noop_files * 512)
     tree_files = max(args.noop_files + NOOP_CLASSES, large.total_files, small.total_files)
-    inodes = int(tree_files * 1.1) + large.classes + small.classes + 65536  # + state files, logs, spare
+    worst_case = max(large.approx_tar_bytes(), small.approx_tar_bytes(), noop_tar) // 512 + NOOP_CLASSES
+    inodes = int(max(tree_files, worst_case) * 1.1) + large.classes + small.classes + 65536  # + state, spare
     return benchfs.Need(data + work, inodes)
 
 
