@@ -174,7 +174,16 @@ class Download:
             if complete:
                 return
             self._check_stall(now, st)
-            self.stop.wait(self.tuning.tick)
+            self._wait()
+
+    def _wait(self) -> None:
+        """One tick, cut short by the torrent's next alert: its finish is seen at once, not up to a
+        tick later (a quarter of a second on every download). Stop is seen within the tick."""
+        try:
+            ev = self.lease.events.get(timeout=self.tuning.tick)
+        except queue.Empty:
+            return
+        self._on_event(ev)
 
     def _drain(self) -> None:
         while True:
@@ -278,6 +287,7 @@ class Download:
             emit("torrent.health", health=health.problem, hint=health.hint, peers=st.peers,
                  peers_seen=st.peers_seen, dht_nodes=sh.dht_nodes)
             self.health = health
+            self.next_report = 0.0  # the status shows a change of health at once, not at the next report
 
     def _retry_disk(self, now: float) -> None:
         if self.disk_error is None or now - self.disk_error_at < self.tuning.health_interval:
