@@ -80,7 +80,7 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
     seen: set[str] = set()
     with _unit_members(origin) as (tf, data_of):
         for member in tf:
-            rel = check_member(label, member, library_filter=False)
+            rel = check_member(label, member)
             if rel == TOP:
                 continue
             if rel in seen:
@@ -265,7 +265,7 @@ def _compare(origin: Origin, folder: Path) -> Extracted:
     dirs = 0
     with _unit_members(origin) as (tf, data_of):
         for member in tf:
-            rel = check_member(label, member, library_filter=False)
+            rel = check_member(label, member)
             if member.isdir():
                 dirs += rel != TOP
                 continue

@@ -1,13 +1,14 @@
 """What a tar member may be before datasetd writes it: the strict rules, in one place.
 
 Only regular files and directories, with relative names made of ordinary
-components. tarfile's own `data_filter` runs afterwards as an extra layer, in the
-index pass (once per member: extraction reads the same bytes), on a destination
-that does not exist: its checks are then about names alone (absolute paths,
-escapes, links, special files), and realpath() stops at the first missing
-component instead of walking the real target (which cost 45 % of the index pass
-on small files). The files themselves are created with O_EXCL|O_NOFOLLOW in a
-directory datasetd just made, so nothing on disk can redirect them.
+components. These rules refuse everything tarfile's own `data_filter` refuses
+(absolute paths are refused where it strips the slash; '..' anywhere, links and
+special files are refused outright), which tests/test_member_rules.py checks
+over thousands of generated members; the filter itself no longer runs on every
+member (two realpath walks, ~20 µs each time against ~2 µs for these rules,
+paid twice per member of a 1.28 M-file archive). The files themselves are
+created with O_EXCL|O_NOFOLLOW in a directory datasetd just made, so nothing on
+disk can redirect them.
 """
 
 from __future__ import annotations
@@ -56,16 +57,10 @@ def safe_name(archive: str, member: tarfile.TarInfo) -> str:
     return name
 
 
-_FILTER_DEST = "/nonexistent-datasetd-filter-root"
 
 
-def check_member(archive: str, member: tarfile.TarInfo, library_filter: bool = True) -> str:
-    """Validate type and name; returns the safe relative name.
-
-    `library_filter=False` skips tarfile's data_filter (a third of a small file's cost): for the
-    extraction pass, whose bytes are the ones the index pass already ran it over (a loose class tar
-    matched its indexed digest, an in-place range is in the fingerprinted archive), or runs it over
-    before the unit can be committed (ProveArchive: a class it refuses is forgotten and removed)."""
+def check_member(archive: str, member: tarfile.TarInfo) -> str:
+    """Validate type and name; returns the safe relative name."""
     name = safe_name(archive, member)
     if not (member.isreg() or member.isdir()):
         raise HostileArchive(archive, member.name, f"{_kind(member)} members are not extracted")
@@ -75,12 +70,6 @@ def check_member(archive: str, member: tarfile.TarInfo, library_filter: bool = T
         raise HostileArchive(archive, member.name, "negative size")
     if not math.isfinite(member.mtime) or abs(member.mtime) > MAX_MTIME:
         raise HostileArchive(archive, member.name, f"modification time {member.mtime} is out of range")
-    if not library_filter:
-        return name
-    try:
-        tarfile.data_filter(member, _FILTER_DEST)
-    except tarfile.FilterError as e:
-        raise HostileArchive(archive, member.name, f"refused by tarfile's data filter: {e}") from e
     return name
 
 
