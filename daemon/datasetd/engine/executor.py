@@ -328,6 +328,10 @@ class Executor:
             if self._state(key).attempts:
                 self.board.update(action.component, retry=None)  # the retry worked: stop saying it is pending
             self._set(key, attempts=0, verified_at=time.monotonic() if verified else None, flushed=False)
+            self._refresh(action, proven=bool(verified))
+            if isinstance(action, (IndexArchive, ProveArchive)) and self._state(key).failed is None:
+                self._recheck_space(action)
+            return
         self._refresh(action)
         if isinstance(action, (IndexArchive, ProveArchive)) and self._state(key).failed is None:
             self._recheck_space(action)
@@ -368,13 +372,14 @@ class Executor:
                        step=action.kind, error=message)
         self.board.update(action.component, phase="error", last_error=message)
 
-    def _refresh(self, action: Action) -> None:
+    def _refresh(self, action: Action, proven: bool = False) -> None:
+        """Observe what a step changed: its unit (`proven`: just read back by the step), or its component."""
         comp = self.manifest.components[action.component]
         state = self.observed.get(comp.name)
         if isinstance(action, UnitAction) and state is not None and state.archive_sha256:
-            rows = self.journal.units(comp.name)
+            rows = self.journal.units(comp.name, action.unit)
             units = tuple(
-                observe_unit(comp, self.journal, u.index, state.archive_sha256, rows.get(u.name))
+                observe_unit(comp, self.journal, u.index, state.archive_sha256, rows.get(u.name), proven)
                 if u.name == action.unit else u for u in state.units)
             # while the archive is being proved, what may start is bounded by the inodes free now
             free = inodes_free(comp.into) if state.inodes_free is not None and comp.into is not None else None

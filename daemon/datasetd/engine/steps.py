@@ -299,9 +299,8 @@ def _refused_meanwhile(hands: Hands, action: ExtractUnit) -> str | None:
     archive = hands.journal.archive(action.component)
     if archive is None or unproven(archive.sha256) or action.origin.loose:
         return None
-    index = {u.name: u for u in hands.journal.unit_index(action.component, archive.sha256)}
-    unit = index.get(action.unit)
-    return unit.problem if unit is not None else None
+    index = hands.journal.unit_index(action.component, archive.sha256, action.unit)
+    return index[0].problem if index else None
 
 
 def _adopt_record(hands: Hands, action: AdoptUnit,

@@ -229,18 +229,23 @@ class JournalDB:
             db.execute("DELETE FROM archive WHERE component=? AND sha256 LIKE ?", (component, f"{UNPROVEN}%"))
             return _forget_unproven(db, component)
 
-    def unit_index(self, component: str, archive_sha256: str) -> list[UnitIndex]:
+    def unit_index(self, component: str, archive_sha256: str, unit: str | None = None) -> list[UnitIndex]:
+        """The index of every unit (in name order), or of `unit` alone."""
         rows = self._read(
             "SELECT unit, offset, size, sha256, files, dirs, bytes, problem FROM unit_index "
-            "WHERE component=? AND archive_sha256=? ORDER BY unit", (component, archive_sha256))
+            "WHERE component=? AND archive_sha256=? AND (? IS NULL OR unit=?) ORDER BY unit",
+            (component, archive_sha256, unit, unit))
         return [UnitIndex(*r) for r in rows]
 
     # ---- units ---------------------------------------------------------------------------
 
-    def units(self, component: str) -> dict[str, UnitRow]:
+    def units(self, component: str, unit: str | None = None) -> dict[str, UnitRow]:
+        """Every unit's row, or the one of `unit` (the executor's refresh after a step: one row, not
+        a thousand, read after each of a thousand steps)."""
         rows = self._read(
             "SELECT u.unit, u.state, u.archive_sha256, u.files, u.bytes, d.dirs FROM unit u "
-            "LEFT JOIN unit_dirs d ON d.component=u.component AND d.unit=u.unit WHERE u.component=?", (component,))
+            "LEFT JOIN unit_dirs d ON d.component=u.component AND d.unit=u.unit "
+            "WHERE u.component=? AND (? IS NULL OR u.unit=?)", (component, unit, unit))
         return {r[0]: UnitRow(Journal(r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
     def files(self, component: str, unit: str) -> list[FileRecord]:
