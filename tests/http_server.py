@@ -21,6 +21,7 @@ import email.utils
 import hashlib
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -93,8 +94,10 @@ class _PathState:
 class FaultServer:
     def __init__(self, files: Mapping[str, bytes] | None = None, root: Path | None = None, *,
                  host: str = "127.0.0.1", port: int = 0, bearer: str | None = None,
-                 basic: tuple[str, str] | None = None, accept_ranges: bool = True) -> None:
+                 basic: tuple[str, str] | None = None, accept_ranges: bool = True,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.root = root
+        self.scheme = "https" if tls is not None else "http"
         self.bearer = bearer
         self.basic = basic
         self.accept_ranges = accept_ranges
@@ -107,6 +110,8 @@ class FaultServer:
             self.put(path, data)
         self._httpd = _Server((host, port), _Handler)
         self._httpd.owner = self
+        if tls is not None:  # HTTPS: each accepted connection does its TLS handshake first
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -134,7 +139,7 @@ class FaultServer:
         return int(self._httpd.server_address[1])
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     # -- content and faults ------------------------------------------------
     def put(self, path: str, data: bytes) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from conftest import WNIDS, gnu_tar_extract, sha256, tree_digest, write_manifest
 from datasetd import cli
@@ -145,3 +147,20 @@ def test_an_http_apply_imports_only_what_it_uses(tmp_path: Path) -> None:
     imported = {name.split(".")[0] for name in listing.read_text().split()}
     assert {"httpx", "datasetd"} <= imported  # the listing is whole
     assert not imported & set(NOT_FOR_AN_HTTP_APPLY)
+
+
+def test_an_https_download_trusts_the_system_store(tmp_path: Path) -> None:
+    ca = trustme.CA()  # stands in for a public CA: trusted through SSL_CERT_FILE, as a system store is
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    val, _ = build_val(WNIDS[:2])
+    with FaultServer(files={"/val.tar": val}, tls=tls) as server:
+        m = http_manifest(tmp_path, server.url("/val.tar"), val)
+        assert server.url("/val.tar").startswith("https://")
+        trusted = subprocess.run([sys.executable, "-m", "datasetd", "apply", str(m)], capture_output=True,
+                                 text=True, timeout=60, env={**os.environ, "SSL_CERT_FILE": str(ca_file)})
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    assert tree_digest(tmp_path / "root/val") == tree_digest(
+        gnu_tar_extract(_write(tmp_path / "v.tar", val), tmp_path / "r"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,14 +73,23 @@ class StdlibTransport(httpx.BaseTransport):
     def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | None = None  # made at the first https request (below)
+        self._tls_lock = threading.Lock()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # Loading the system's CA store costs 20-30 ms from a cold cache: only an https URL pays it.
+        with self._tls_lock:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return self._tls
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         port = url.port or (443 if url.scheme == "https" else 80)
         conn: http.client.HTTPConnection
         if url.scheme == "https":
-            conn = http.client.HTTPSConnection(url.host, port, timeout=self._connect_timeout, context=self._tls)
+            conn = http.client.HTTPSConnection(url.host, port, timeout=self._connect_timeout,
+                                               context=self._tls_context())
         else:
             conn = http.client.HTTPConnection(url.host, port, timeout=self._connect_timeout)
         try:
