@@ -114,7 +114,7 @@ def _write_member(source: Readable, member: tarfile.TarInfo, partial: Path, rel:
         _mkdirs(partial, parent, label, member.name)
     h = hashlib.sha256()
     try:
-        fd = os.open(partial / rel, _O_CREATE, 0o644)
+        fd = os.open(f"{os.fspath(partial)}/{rel}", _O_CREATE, 0o644)  # a str: no Path built per file
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         raise HostileArchive(label, member.name, "collides with another member") from e
     try:
