@@ -164,3 +164,21 @@ def test_an_https_download_trusts_the_system_store(tmp_path: Path) -> None:
     assert trusted.returncode == 0, trusted.stderr[-2000:]
     assert tree_digest(tmp_path / "root/val") == tree_digest(
         gnu_tar_extract(_write(tmp_path / "v.tar", val), tmp_path / "r"))
+
+
+def test_a_certificate_that_fails_verification_is_one_clear_error_not_a_retry(tmp_path: Path) -> None:
+    """A server whose certificate no trusted CA signed: the same failure on every attempt, so the
+    apply stops at once with one line naming the certificate, instead of retrying with backoff."""
+    ca = trustme.CA()  # not in any store the client trusts
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    val, _ = build_val(WNIDS[:2])
+    with FaultServer(files={"/val.tar": val}, tls=tls) as server:
+        m = http_manifest(tmp_path, server.url("/val.tar"), val)
+        done = subprocess.run([sys.executable, "-m", "datasetd", "apply", str(m)], capture_output=True,
+                              text=True, timeout=60)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if "certificate failed verification" in line]
+    assert said and "SSL_CERT_FILE" in said[0], done.stderr[-2000:]
+    assert "retrying" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "root/val").exists()

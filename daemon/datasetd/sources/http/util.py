@@ -11,6 +11,7 @@ import base64
 import email.utils
 import random
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,8 +39,27 @@ def transport_error(e: httpx.HTTPError, method: str, url_r: str, scrub: Scrubber
     """The attempt outcome for an httpx error; `cut` is the supervisor's reason when it cut the socket."""
     if cut is not None:
         return Aborted(cut)
+    bad_cert = _cause(e, ssl.SSLCertVerificationError)
+    if bad_cert is not None:
+        # Not a network blip: the same certificate fails again on every retry.
+        reason = getattr(bad_cert, "verify_message", "") or str(bad_cert)
+        return Refused(PermanentError(
+            f"{method} {url_r}: the server's TLS certificate failed verification ({scrub(reason)}); check "
+            "the URL, or add the CA that signs it to the system's store (or point SSL_CERT_FILE at it)"))
     said = next(text for kind, text in _TRANSPORT_ERRORS if isinstance(e, kind))
     return Retryable(f"{method} {url_r} {said}: {type(e).__name__}: {scrub(str(e))}".rstrip(": "))
+
+
+def _cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in the chain that raised `e` (httpx wraps httpcore wraps ssl)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kind):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def redact_url(url: str) -> str:
