@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, cast
 
 from datasetd.archive.inplace import RangeFile, reads_in_place
-from datasetd.archive.tarread import decoding, decompressing, magic_bytes, reading
+from datasetd.archive.tarread import decoding, decompressing, magic_bytes, reading, unique_members
 from datasetd.archive.tarsafe import (
     TOP,
     HashingReader,
@@ -77,15 +77,8 @@ def _extract_into(origin: Origin, partial: Path, expected_bytes: int) -> Extract
     read_back = not origin.loose
     files: list[FileRecord] = []
     dirs = 0
-    seen: set[str] = set()
     with _unit_members(origin) as (tf, data_of):
-        for member in tf:
-            rel = check_member(label, member)
-            if rel == TOP:
-                continue
-            if rel in seen:
-                raise HostileArchive(label, member.name, "duplicate member name")
-            seen.add(rel)
+        for rel, member in unique_members(tf, label):
             if member.isdir():
                 _mkdirs(partial, rel, label, member.name)
                 dirs += 1

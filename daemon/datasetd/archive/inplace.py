@@ -1,6 +1,6 @@
 """A class tar read in place from a pinned archive, by position: headers by tarfile, bytes by pread.
 
-Where it sits: unpack's extraction of a unit whose origin is a byte range of an
+Where it sits: archive/extract.py's extraction of a unit whose origin is a byte range of an
 archive whose digest is (or is being) proved against its pin, so the range has no
 digest of its own to check (headerindex gives it sha256 ""). Nothing then needs
 every byte of the range to pass through a hashing stream: tarfile reads each

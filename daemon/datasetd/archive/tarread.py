@@ -52,9 +52,9 @@ def decoding(archive: str) -> Iterator[None]:
         raise CorruptArchive(archive, f"unreadable compressed data ({e})") from e
 
 
-def tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, int]:
-    """Check every member (names, types, duplicates) and count files, dirs and bytes."""
-    files = dirs = total = 0
+def unique_members(tf: tarfile.TarFile, label: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """(safe relative name, member) of every member but the tar's own top directory, each checked
+    (names, types) and refused when its name came before: the one rule of index and extraction."""
     names: set[str] = set()
     for m in tf:
         rel = check_member(label, m)
@@ -63,6 +63,13 @@ def tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, in
         if rel in names:
             raise HostileArchive(label, m.name, "duplicate member name")
         names.add(rel)
+        yield rel, m
+
+
+def tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, int]:
+    """Check every member (names, types, duplicates) and count files, dirs and bytes."""
+    files = dirs = total = 0
+    for _rel, m in unique_members(tf, label):
         files, dirs, total = files + m.isreg(), dirs + m.isdir(), total + m.size * m.isreg()
         if total > max_bytes:
             raise HostileArchive(label, m.name, f"members add up to more than {max_bytes} bytes "

@@ -14,9 +14,6 @@ import tarfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
-
-from isal import isal_zlib
 
 from datasetd.archive.digest import hash_file
 from datasetd.archive.indexprogress import ProgressFile
@@ -29,10 +26,6 @@ from datasetd.archive.tarsafe import (
 )
 from datasetd.core.model import FLAT, UnitIndex
 from datasetd.errors import CorruptArchive, PermanentError
-
-# isal's stubs declare `error` as an instance; it is the exception class bad deflate data raises.
-ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
-_O_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,12 @@ def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
 
 
+def _kill_processes(pool: cf.Executor | None) -> None:
+    """SIGKILL a process pool's processes (concurrent.futures has no public way to)."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        p.kill()
+
+
 class Executor:
     def __init__(self, manifest: Manifest, journal: JournalDB, board: StatusBoard, *,
                  workers: int | None = None, sources: Mapping[str, Source] | None = None,
@@ -207,8 +213,7 @@ class Executor:
             threads.shutdown(wait=not stopping, cancel_futures=True)
             for pool in (procs, prover):
                 if stopping:
-                    for p in list(getattr(pool, "_processes", {}).values()):
-                        p.kill()  # abandoned steps leave only .partial dirs, cleared next run
+                    _kill_processes(pool)  # abandoned steps leave only .partial dirs, cleared next run
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _loop(self) -> None:
@@ -320,19 +325,16 @@ class Executor:
             discard_unproven(self.hands, action)
             self._refresh(action)
             return
+        verified = False
         try:
-            verified = STEPS[type(action)].record(self.hands, action, future.result())
+            verified = bool(STEPS[type(action)].record(self.hands, action, future.result()))
         except Exception as exc:  # noqa: BLE001 - classify decides; nothing escapes unlogged
             self._failed_step(action, exc)
         else:
             if self._state(key).attempts:
                 self.board.update(action.component, retry=None)  # the retry worked: stop saying it is pending
             self._set(key, attempts=0, verified_at=time.monotonic() if verified else None, flushed=False)
-            self._refresh(action, proven=bool(verified))
-            if isinstance(action, (IndexArchive, ProveArchive)) and self._state(key).failed is None:
-                self._recheck_space(action)
-            return
-        self._refresh(action)
+        self._refresh(action, proven=verified)
         if isinstance(action, (IndexArchive, ProveArchive)) and self._state(key).failed is None:
             self._recheck_space(action)
 
@@ -528,8 +530,7 @@ class Executor:
             if action is not None and self._place(action) == "process":
                 self.futures.pop(future)
                 self._set(key, running=None)
-        for p in list(getattr(self._pools_by_place.get("process"), "_processes", {}).values()):
-            p.kill()
+        _kill_processes(self._pools_by_place.get("process"))
 
     def _outcome(self) -> Outcome:
         self._report()

@@ -2,11 +2,12 @@
 
 Where it sits: the executor collects units verified since the last commit; when a
 batch is due it hands the batch to `GroupCommit.start`, goes on completing and
-submitting steps while one `syncfs` per filesystem runs here, and records the
-batch VERIFIED (the journal stays the executor's alone) once `finished` returns
-it. A syncfs of half a gigabyte takes most of a second: done on the reactor's
-thread it left the workers without new units that long (they were 30-40 % busy).
-Only one flush runs at a time; units verified meanwhile wait for the next.
+submitting steps while one `syncfs` per filesystem runs here, and once `finished`
+returns the batch it records VERIFIED each unit whose archive is proved (the rest
+wait for the verdict, flushed; the journal stays the executor's alone). A syncfs
+of half a gigabyte takes most of a second: done on the reactor's thread it left
+the workers without new units that long (they were 30-40 % busy). Only one flush
+runs at a time; units verified meanwhile wait for the next.
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ class GroupCommit(Generic[K]):
     def future(self) -> cf.Future[None] | None:
         """The flush in flight, for the reactor to wake on."""
         return self._running[0] if self._running is not None else None
-
-    def flushing(self) -> frozenset[K]:
-        return frozenset(self._running[1]) if self._running is not None else frozenset()
 
     def start(self, batch: list[K], paths: Sequence[Path]) -> None:
         assert self._running is None, "one flush at a time"
