@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 from datasetd import platform
-from datasetd.state import filestats
+from datasetd.state import filestats, fswalk
 
 
 def _unit(tmp_path: Path, files: int = 30) -> tuple[Path, list[tuple[str, int, str]]]:
@@ -67,3 +67,33 @@ def test_a_file_changed_after_the_fingerprint_is_seen_even_within_the_same_tick(
     target.write_bytes(b"y" * 10)  # same size, mtime put back: only ctime tells
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert not filestats.unchanged(folder, records, blob)
+
+
+# ---- directory stamps taken with the file fingerprint (what a no-op checks, a stat per directory) --
+
+
+def test_directory_stamps_taken_right_after_the_writes_settle_past_the_clock(tmp_path: Path) -> None:
+    folder, records = _unit(tmp_path)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "a.JPEG").write_bytes(b"a")
+    records.append(("sub/a.JPEG", 1, ""))
+    _blob_taken, dirs = filestats.take_with_dirs(folder, records)  # the folder changed microseconds ago
+    assert dirs is not None
+    assert fswalk.unchanged_since(folder, dirs)
+    (folder / "sub" / "b.JPEG").write_bytes(b"b")  # an entry added after: the stamp moved past the record
+    assert not fswalk.unchanged_since(folder, dirs)
+
+
+def test_an_entry_added_in_the_tick_of_the_walk_withdraws_the_directory_stamps(tmp_path: Path) -> None:
+    """A walk whose directory stamp is in the clock's current tick, then an entry added in that tick:
+    on a filesystem with coarse stamps the directory keeps its stamp, so only listing it again once
+    the clock has ticked sees the entry. (Kernels with multigrain stamps move it anyway, so the walk
+    is given the directory's stamp as it is after the add, with the clock reading just before it.)"""
+    folder, _records = _unit(tmp_path, files=2)
+    stats = filestats.stat_tree(folder)
+    (folder / "late.JPEG").write_bytes(b"x")
+    st = os.lstat(folder)
+    stats.stamps = [("", st.st_ino, st.st_mtime_ns, st.st_ctime_ns)]
+    stats.taken_ns = max(st.st_mtime_ns, st.st_ctime_ns)
+    settled = filestats._settle(folder, stats)
+    assert settled is not None and not settled.stamps_ok  # else its stamp would vouch for a listing without late.JPEG

@@ -39,6 +39,14 @@ def test_every_unit_of_a_converged_tree_keeps_a_fingerprint(dataset: Dataset) ->
     assert marks and all(marks.values()), marks
 
 
+def test_units_read_back_while_extracted_keep_their_stamps_from_the_first_apply(dataset: Dataset) -> None:
+    """Taken by the worker right after the read-back, settled on the stamp clock: no walk of the
+    whole tree at the end of the apply, and the very next no-op is a stat per directory."""
+    assert dataset.run("apply") == 0  # the last class was written a moment ago: no 1 s wait
+    train = {unit: kept for unit, kept in _fingerprinted(dataset.root).items() if unit.startswith("train/")}
+    assert train and all(train.values()), train
+
+
 @pytest.mark.parametrize("change", ["delete", "add", "rename"])
 def test_a_member_set_change_is_seen_by_the_next_apply(dataset: Dataset, change: str) -> None:
     before = _converge_twice(dataset)

@@ -129,17 +129,25 @@ def digest_list(records: Iterable[FileRecord], prefix: str) -> str:
 
 # ---- a unit read back while extracted is verified there: fingerprint it right after ------------
 
+# A unit's fingerprints taken right after its read-back: its files' (filestats blob) and its
+# directories' stamps (what a no-op checks), each None where it would not vouch.
+Taken = tuple[bytes | None, str | None]
+
 
 def extract_fingerprinted(origin: Origin, folder: Path, partial: Path, old: Path,
-                          expected_bytes: int) -> tuple[extract.Extracted, bytes | None]:
-    """extract.extract_unit, then the fingerprint of what it read back. The stat follows the read-back
+                          expected_bytes: int) -> tuple[extract.Extracted, Taken]:
+    """extract.extract_unit, then the fingerprints of what it read back. The stat follows the read-back
     by the rest of the unit's extraction: only a writer racing datasetd inside its own fresh folder
     in that moment could slip past it (any change after the stat is seen)."""
     result = extract.extract_unit(origin, folder, partial, old, expected_bytes)
-    return result, filestats.take(folder, result.files) if result.read_back else None
+    return result, _taken(folder, result)
 
 
 def adopt_fingerprinted(origin: Origin, folder: Path, partial: Path, old: Path,
-                        expected_bytes: int) -> tuple[tuple[bool, extract.Extracted], bytes | None]:
+                        expected_bytes: int) -> tuple[tuple[bool, extract.Extracted], Taken]:
     adopted, result = extract.adopt_unit(origin, folder, partial, old, expected_bytes)
-    return (adopted, result), filestats.take(folder, result.files) if result.read_back else None
+    return (adopted, result), _taken(folder, result)
+
+
+def _taken(folder: Path, result: extract.Extracted) -> Taken:
+    return filestats.take_with_dirs(folder, result.files) if result.read_back else (None, None)

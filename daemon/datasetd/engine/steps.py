@@ -280,8 +280,8 @@ def _adopt_work(hands: Hands, action: AdoptUnit) -> Work:
                                     action.expected_bytes)
 
 
-def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[extract.Extracted, bytes | None]) -> bool:
-    extracted, stats = result
+def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[extract.Extracted, verify.Taken]) -> bool:
+    extracted, taken = result
     problem = _refused_meanwhile(hands, action)
     if problem is not None:
         # Started before the full index pass, which then refused this class: never recorded.
@@ -289,7 +289,7 @@ def _extract_record(hands: Hands, action: ExtractUnit, result: tuple[extract.Ext
         hands.journal.step(action.component, action.unit, action.kind, "refused", problem)
         return False
     _record_unit(hands, action.component, action.unit, extracted,
-                 "replaced" if action.replace else "extracted", stats=stats)
+                 "replaced" if action.replace else "extracted", taken=taken)
     hands.journal.step(action.component, action.unit, action.kind, "ok")
     return _read_back(hands, action, extracted)
 
@@ -304,10 +304,10 @@ def _refused_meanwhile(hands: Hands, action: ExtractUnit) -> str | None:
 
 
 def _adopt_record(hands: Hands, action: AdoptUnit,
-                  result: tuple[tuple[bool, extract.Extracted], bytes | None]) -> bool:
-    (adopted, extracted), stats = result
+                  result: tuple[tuple[bool, extract.Extracted], verify.Taken]) -> bool:
+    (adopted, extracted), taken = result
     _record_unit(hands, action.component, action.unit, extracted,
-                 "adopted" if adopted else "replaced", stats=stats)
+                 "adopted" if adopted else "replaced", taken=taken)
     hands.journal.step(action.component, action.unit, action.kind, "ok")
     return _read_back(hands, action, extracted)
 
@@ -320,14 +320,14 @@ def _read_back(hands: Hands, action: ExtractUnit | AdoptUnit, result: extract.Ex
 
 
 def _record_unit(hands: Hands, component: str, unit: str, result: extract.Extracted, verb: str, *,
-                 stats: bytes | None) -> None:
+                 taken: verify.Taken) -> None:
     archive = hands.journal.archive(component)
     assert archive is not None  # a unit is extracted only from an indexed archive
     prefix = "" if unit == FLAT else f"{unit}/"
     digest_file = digestlists.list_path(hands.manifest, component, unit)
     # Not flushed here: the group commit's syncfs covers it before VERIFIED is recorded.
     write_text_fast(digest_file, verify.digest_list(result.files, prefix))
-    hands.journal.record_extracted(component, unit, archive.sha256, result.files, stats)
+    hands.journal.record_extracted(component, unit, archive.sha256, result.files, *taken)
     hands.log.info(hands.event(component, verb), component=component, unit=unit, files=len(result.files),
                    bytes=sum(f[1] for f in result.files))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from datasetd import platform
 from datasetd.core.model import FileRecord
-from datasetd.state.fswalk import FileStat, list_files
+from datasetd.state.fswalk import DirStamp, FileStat, dir_stamps_text, list_files
 
 # A file changed within the same timestamp tick as the stat that fingerprinted it keeps its ctime
 # ("racy git"). Linux stamps files from its coarse clock (platform.stamp_clock_ns): a stat taken once
@@ -44,6 +44,8 @@ class Stats:
     dirs: list[str] = field(default_factory=list)  # relative, the folder itself excluded
     odd: bool = False  # a link, a special file or an unreadable directory: nothing to vouch for
     taken_ns: int = 0  # the stamp clock just before the stats were taken
+    stamps: list[DirStamp] = field(default_factory=list)  # each directory's (rel, ino, mtime, ctime)
+    stamps_ok: bool = True  # False: a directory changed while settling, its stamps vouch for nothing
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def stat_tree(folder: Path) -> Stats:
     """One `scandir` per directory and one `lstat` per file (fswalk's walk); no file is opened."""
     taken_ns = platform.stamp_clock_ns()
     listing = list_files(folder, stats=True)
-    return Stats(listing.stats, sorted(listing.dir_names()), bool(listing.problems), taken_ns)
+    return Stats(listing.stats, sorted(listing.dir_names()), bool(listing.problems), taken_ns, listing.dirs)
 
 
 def _racy(version: int, taken_ns: int, ctime_ns: int) -> bool:
@@ -76,15 +78,23 @@ def _fresh(stats: Stats) -> list[str]:
             if c % 1_000_000_000 and _racy(_VERSION, stats.taken_ns, c)]
 
 
+def _fresh_dirs(stats: Stats) -> list[DirStamp]:
+    """Directories stamped at or after the clock reading their walk followed (still in its tick)."""
+    return [d for d in stats.stamps if stats.stamps_ok and max(d[2], d[3]) >= stats.taken_ns]
+
+
 def _settle(folder: Path, stats: Stats) -> Stats | None:
-    """Stat the fresh files again once the stamp clock has passed their ctime (a tick at most), so
-    a change in that tick cannot hide. The rest keep their first stat: any change after it already
-    moves their ctime. None when files keep changing (nothing is then vouched for)."""
+    """Stat the fresh files (and list the fresh directories) again once the stamp clock has passed
+    their stamps (a tick at most, one wait for both), so a change in that tick cannot hide. The rest
+    keep their first stat: any change after it already moves their stamps. None when files keep
+    changing (nothing is then vouched for); a directory that changed only withdraws the directory
+    stamps (`stamps_ok`)."""
     for _round in range(_SETTLE_ROUNDS):
-        fresh = _fresh(stats)
-        if not fresh:
+        fresh, fresh_dirs = _fresh(stats), _fresh_dirs(stats)
+        if not fresh and not fresh_dirs:
             return stats
-        newest, tick = max(stats.files[n][2] for n in fresh), platform.stamp_tick_ns()
+        newest = max([stats.files[n][2] for n in fresh] + [max(d[2], d[3]) for d in fresh_dirs])
+        tick = platform.stamp_tick_ns()
         while (now := platform.stamp_clock_ns()) <= newest:
             if newest - now > 4 * tick:
                 return None  # stamped ahead of the clock (a clock stepped back): vouch for nothing
@@ -98,7 +108,21 @@ def _settle(folder: Path, stats: Stats) -> Stats | None:
             if not stat.S_ISREG(st.st_mode):
                 return None
             stats.files[name] = (st.st_ino, st.st_size, st.st_ctime_ns)
+        stats.stamps_ok = all(_listed_again(folder, stats, d) for d in fresh_dirs)
     return stats if not _fresh(stats) else None
+
+
+def _listed_again(folder: Path, stats: Stats, was: DirStamp) -> bool:
+    """Whether a directory stamped in the tick of its walk still has that stamp and, listed again
+    now that the clock has passed it, the same entries: then any later change moves its stamp."""
+    rel = was[0]
+    try:
+        st = os.lstat(folder / rel)
+        now = {e.name for e in os.scandir(folder / rel)}
+    except OSError:
+        return False
+    same = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) == was[1:]
+    return same and now == {n.rpartition("/")[2] for n in (*stats.files, *stats.dirs) if n.rpartition("/")[0] == rel}
 
 
 def take(folder: Path, records: list[FileRecord]) -> bytes | None:
@@ -107,10 +131,24 @@ def take(folder: Path, records: list[FileRecord]) -> bytes | None:
     Must be taken before (or while) the bytes it vouches for are hashed: a change after this stat
     moves ctime past it. Files stamped within the stamp clock's current tick are stat'ed again once
     it has ticked (platform.stamp_tick_ns: 4 ms here), so a change in that tick cannot hide."""
+    return take_with_dirs(folder, records)[0]
+
+
+def take_with_dirs(folder: Path, records: list[FileRecord]) -> tuple[bytes | None, str | None]:
+    """`take`, and the directory stamps of the same walk (fswalk.unchanged_since's fingerprint, the
+    one a no-op checks with a stat per directory), or None where a directory would not vouch for
+    its entries: one stamped in the clock's current tick, once ticked, is listed again
+    (`_listed_again`), so an entry added in that tick cannot hide behind an unchanged stamp. On a
+    whole-second filesystem the stamps are left to the observation (fswalk's one-second rule)."""
     stats = _settle(folder, stat_tree(folder))
     names = sorted(name for name, _size, _digest in records)
     if stats is None or stats.odd or len(names) != len(stats.files) or any(n not in stats.files for n in names):
-        return None
+        return None, None
+    coarse = any(d[2] % 1_000_000_000 == 0 or d[3] % 1_000_000_000 == 0 for d in stats.stamps)
+    return _blob(stats, names), None if coarse or not stats.stamps_ok else dir_stamps_text(stats.stamps)
+
+
+def _blob(stats: Stats, names: list[str]) -> bytes:
     head = _HEAD.pack(_VERSION, stats.taken_ns, len(names))
     body = b"".join(_ENTRY.pack(*stats.files[n]) for n in names)
     dirs = "\0".join(stats.dirs).encode("utf-8", "surrogateescape")

@@ -42,7 +42,12 @@ class Listing:
         now = time.time_ns()
         if any(now - max(m, c) < RACY_NS for _, _, m, c in self.dirs):
             return None
-        return json.dumps(sorted(self.dirs), separators=(",", ":"))
+        return dir_stamps_text(self.dirs)
+
+
+def dir_stamps_text(stamps: list[DirStamp]) -> str:
+    """The directory fingerprint as the journal keeps it (`unchanged_since` reads it)."""
+    return json.dumps(sorted(stamps), separators=(",", ":"))
 
 
 def list_files(folder: Path, sizes: bool = True, stats: bool = False) -> Listing:

@@ -258,14 +258,19 @@ class JournalDB:
         return {_name_out(name): size for name, size in rows}
 
     def record_extracted(self, component: str, unit: str, archive_sha256: str,
-                         files: list[FileRecord], stats: bytes | None = None) -> None:
-        """A new record; `stats` is the fingerprint of its files when they were just read back."""
+                         files: list[FileRecord], stats: bytes | None = None, dirs: str | None = None) -> None:
+        """A new record; `stats` and `dirs` are the fingerprints of its files and directories when
+        they were just read back. Not durable (the group commit's flush and VERIFIED follow): a
+        record lost to a crash leaves the folder to be adopted, one that survives is verified
+        again by its bytes (an EXTRACTED unit is never trusted on its fingerprints)."""
         with self._tx() as db:
             db.execute("DELETE FROM file WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM unit_dirs WHERE component=? AND unit=?", (component, unit))
             db.execute("DELETE FROM unit_stats WHERE component=? AND unit=?", (component, unit))
             if stats is not None:
                 db.execute("INSERT INTO unit_stats VALUES (?,?,?)", (component, unit, stats))
+            if dirs is not None:
+                db.execute("INSERT INTO unit_dirs VALUES (?,?,?)", (component, unit, dirs))
             db.executemany("INSERT INTO file VALUES (?,?,?,?,?)",
                            [(component, unit, _name_in(n), s, d) for n, s, d in files])
             db.execute("INSERT OR REPLACE INTO unit (component, unit, archive_sha256, state, files, bytes, at) "
