@@ -13,7 +13,7 @@ import hashlib
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
@@ -26,9 +26,9 @@ from datasetd.archive.tarsafe import (
     Readable,
     check_member,
     check_zero_tail,
-    open_seekable,
     open_stream,
 )
+from datasetd.archive.ustar import Members
 from datasetd.core.model import CHUNK, FileRecord, Origin
 from datasetd.errors import CorruptArchive, DigestMismatch, HostileArchive, TemporaryError
 from datasetd.state.fswalk import list_files
@@ -153,7 +153,7 @@ DataOf = Callable[[tarfile.TarInfo], Readable]  # a member's bytes, from the tar
 
 
 @contextlib.contextmanager
-def _unit_members(origin: Origin) -> Iterator[tuple[tarfile.TarFile, DataOf]]:
+def _unit_members(origin: Origin) -> Iterator[tuple[Iterable[tarfile.TarInfo], DataOf]]:
     """The members of a unit's tar, read from its origin, with a reader of each one's bytes. On a
     clean exit the rest of the origin is checked: drained and its digest compared (a unit is good
     only if every byte of its tar was), or, read in place, zeros only after the last member."""
@@ -181,13 +181,14 @@ def _stream_data(tf: tarfile.TarFile) -> DataOf:
 
 
 @contextlib.contextmanager
-def _in_place_members(origin: Origin, label: str) -> Iterator[tuple[tarfile.TarFile, DataOf]]:
+def _in_place_members(origin: Origin, label: str) -> Iterator[tuple[Iterable[tarfile.TarInfo], DataOf]]:
     fd = os.open(origin.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         window = RangeFile(fd, origin.offset, origin.size)
-        with reading(label), open_seekable(cast(IO[bytes], window), label) as tf:
-            yield tf, window.member
-            check_zero_tail(cast(IO[bytes], window), label, tf.offset, origin.size)
+        with reading(label):
+            members = Members(window, label)
+            yield members, window.member
+            check_zero_tail(cast(IO[bytes], window), label, members.offset, origin.size)
     finally:
         os.close(fd)
 

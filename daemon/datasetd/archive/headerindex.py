@@ -21,10 +21,12 @@ import os
 import tarfile
 import threading
 from pathlib import Path
+from typing import IO, cast
 
 from datasetd import platform
 from datasetd.archive.digest import hash_file
 from datasetd.archive.indexprogress import ProgressFile
+from datasetd.archive.inplace import RangeFile
 from datasetd.archive.tarread import reading, tally
 from datasetd.archive.tarsafe import (
     HashingReader,
@@ -33,6 +35,7 @@ from datasetd.archive.tarsafe import (
     open_seekable,
 )
 from datasetd.archive.unpack import IndexResult
+from datasetd.archive.ustar import Members
 from datasetd.core.model import UnitIndex
 from datasetd.errors import CorruptArchive, PermanentError
 
@@ -85,7 +88,8 @@ def index_members(path: Path, unit_digests: frozenset[str], *, md5: bool, stop: 
                     units = []
                     for name, member in class_tar_members(outer, archive):
                         hashed.reach(member.offset_data + member.size)
-                        units.append(_count_members(outer, member, name, archive, name in unit_digests))
+                        units.append(_count_members(raw.fileno(), outer, member, name, archive,
+                                                    name in unit_digests))
                     hashed.reach(st.st_size)
                     check_zero_tail(raw, archive, outer.offset, st.st_size)
         except BaseException:
@@ -104,19 +108,20 @@ def _unchanged(path: Path, st: os.stat_result) -> None:
         raise CorruptArchive(str(path), "changed while it was being read; wait until it is complete")
 
 
-def _count_members(outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, archive: str,
+def _count_members(fd: int, outer: tarfile.TarFile, member: tarfile.TarInfo, name: str, archive: str,
                    digest: bool) -> UnitIndex:
-    """One class tar's members checked (names, types, tarfile's filter, duplicates, end marker) and
-    counted from their headers, seeking past each member's data, as `unpack._index_class` does."""
+    """One class tar's members checked (names, types, duplicates, end marker) and counted from their
+    headers, read at their offsets (archive/ustar.py, as the extraction reads them), as
+    `unpack._index_class` does."""
     label = f"{archive}:{member.name}"
     files = dirs = total = 0
     problem = None
-    source = outer.extractfile(member)  # a seekable view of the class tar's bytes in the archive
-    assert source is not None
+    window = RangeFile(fd, member.offset_data, member.size)  # the class tar's bytes in the archive
     try:
-        with reading(label), open_seekable(source, label) as inner:
+        with reading(label):
+            inner = Members(window, label)
             files, dirs, total = tally(inner, label, member.size)
-            check_zero_tail(source, label, inner.offset, member.size)
+            check_zero_tail(cast(IO[bytes], window), label, inner.offset, member.size)
     except PermanentError as e:
         problem = str(e)  # this class is refused; the others go on
     except (tarfile.TarError, EOFError) as e:

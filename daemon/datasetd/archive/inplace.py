@@ -1,4 +1,4 @@
-"""A class tar read in place from a pinned archive, by position: headers by tarfile, bytes by pread.
+"""A class tar read in place from a pinned archive, by position: headers by archive/ustar.py, bytes by pread.
 
 Where it sits: archive/extract.py's extraction of a unit whose origin is a byte range of an
 archive whose digest is (or is being) proved against its pin, so the range has no
@@ -54,6 +54,14 @@ class RangeFile(io.RawIOBase):
         got = os.preadv(self._fd, [memoryview(b)[:n]], self._start + self._pos)
         self._pos += got
         return got
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """`n` bytes at `offset` in the window (fewer at the file's end); the position is left as it is."""
+        return os.pread(self._fd, n, self._start + offset)
 
     def member(self, info: tarfile.TarInfo) -> MemberBytes:
         """The data of one member of the tar in this window."""

@@ -12,7 +12,7 @@ import bz2
 import contextlib
 import lzma
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, cast
 
@@ -52,7 +52,7 @@ def decoding(archive: str) -> Iterator[None]:
         raise CorruptArchive(archive, f"unreadable compressed data ({e})") from e
 
 
-def unique_members(tf: tarfile.TarFile, label: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+def unique_members(tf: Iterable[tarfile.TarInfo], label: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
     """(safe relative name, member) of every member but the tar's own top directory, each checked
     (names, types) and refused when its name came before: the one rule of index and extraction."""
     names: set[str] = set()
@@ -66,7 +66,7 @@ def unique_members(tf: tarfile.TarFile, label: str) -> Iterator[tuple[str, tarfi
         yield rel, m
 
 
-def tally(tf: tarfile.TarFile, label: str, max_bytes: int) -> tuple[int, int, int]:
+def tally(tf: Iterable[tarfile.TarInfo], label: str, max_bytes: int) -> tuple[int, int, int]:
     """Check every member (names, types, duplicates) and count files, dirs and bytes."""
     files = dirs = total = 0
     for _rel, m in unique_members(tf, label):
