@@ -53,6 +53,11 @@ def two_stage_tar(ds: DataSet, train: Path) -> list[str]:
     return ["sh", "-c", TWO_STAGE_TAR, "two-stage-tar", str(ds.outer), str(train)]
 
 
+def floor_probe(ds: DataSet, out: Path, jobs: int, digest: bool) -> list[str]:
+    return [str(PYTHON), str(BENCH / "floor_probe.py"), str(ds.outer), str(out), str(jobs),
+            *(["--digest"] if digest else [])]
+
+
 def recipe_python(ds: DataSet, out: Path) -> list[str]:
     return [str(PYTHON), str(BENCH / "recipe_extract.py"), str(ds.classes_dir), str(out)]
 

@@ -117,6 +117,9 @@ def class_tars(ctx: Ctx, large: DataSet) -> tuple[list[dict[str, object]], dict[
         "tar-two-stage": shell_variant(ctx, large, "tar-two-stage", lambda o: bl.two_stage_tar(large, o),
                                        scratch_in=True),
         "python-recipe": shell_variant(ctx, large, "python-recipe", lambda o: bl.recipe_python(large, o)),
+        "probe": shell_variant(ctx, large, "probe", lambda o: bl.floor_probe(large, o, ctx.workers, False)),
+        "probe-digest": shell_variant(ctx, large, "probe-digest",
+                                      lambda o: bl.floor_probe(large, o, ctx.workers, True)),
     })
     d = runs["datasetd-large"]
     tar_kb = large.class_tar_bytes
@@ -127,6 +130,12 @@ def class_tars(ctx: Ctx, large: DataSet) -> tuple[list[dict[str, object]], dict[
                     runs["tar-two-stage"], "tar outer; tar each class; sync", None),
         compare_row("1c class-tars: vs recipe-style Python (tarfile.extractall per class)", d,
                     runs["python-recipe"], "extractall per split class tar; sync", None),
+        compare_row("1d class-tars: issue 15's probe (no journal, rules, archive digest) vs parallel GNU tar",
+                    runs["probe"], runs["tar-parallel"], "GNU tar x workers on split class tars + sync", None),
+        compare_row("1e class-tars: the probe + the archive's sha256 (the proof's floor) vs parallel GNU tar",
+                    runs["probe-digest"], runs["tar-parallel"], "GNU tar x workers on split class tars + sync", None),
+        compare_row("1f class-tars: datasetd apply vs the proof's floor (row 1e)", d, runs["probe-digest"],
+                    "bench/floor_probe.py --digest", None),
         compare_row("2 streaming from the outer tar vs two-stage (no full copy)", d, runs["tar-two-stage"],
                     "tar outer; tar each class; sync", 1.1,
                     extra=_scratch(d, runs["tar-two-stage"], tar_kb, ctx.workers)),
