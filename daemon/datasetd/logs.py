@@ -96,8 +96,13 @@ EVENTS: dict[str, str] = {
     "torrent.health": "the swarm's health changed; carries a hint a user can act on",
     "torrent.stalled": "no progress for the stall timeout",
     "torrent.fell_back": "web seeds or HTTP mirrors were enabled after a stall",
-    "torrent.completed": "a torrent's file finished and matched datasetd's own digest",
+    "torrent.completed": "a torrent's file finished and matched datasetd's own digest (hashed_in_order: taken "
+                         "in file order as the pieces passed; hashed_ahead: its bytes when the last piece "
+                         "passed; verify_seconds: from then to the digest)",
     "torrent.digest_mismatch": "a torrent's finished file failed datasetd's digest; a recheck follows",
+    "torrent.file_reread": "the digest taken in order as pieces passed could not be used (a piece's bytes in the "
+                           "file never matched the torrent's SHA-1, or the digest differs from the pin): the whole "
+                           "file is read and hashed instead",
     "torrent.resume_saved": "resume data was written",
     "torrent.lab_ranked": "lab fan-out: this node's rank among the lab's addresses and its share of pieces",
     "torrent.flush_timed_out": "libtorrent did not confirm its disk writes in time; the file is hashed anyway",

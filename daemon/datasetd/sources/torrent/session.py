@@ -13,7 +13,7 @@ import atexit
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -27,6 +27,7 @@ from datasetd.sources.torrent.types import (
     AddRequest,
     Event,
     FileInfo,
+    Layout,
     Meta,
     SessionHealth,
     Status,
@@ -38,10 +39,11 @@ lt: Any = _libtorrent
 log = logs.get()
 
 _ALERT_MASK = (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-               | lt.alert_category.tracker | lt.alert_category.performance_warning)
+               | lt.alert_category.tracker | lt.alert_category.performance_warning
+               | lt.alert_category.piece_progress)  # piece_finished: the in-order digest follows them
 _SAVE_FLAGS = lt.save_resume_flags_t.flush_disk_cache | lt.save_resume_flags_t.save_info_dict
 LIBTORRENT_VERSION: str = lt.__version__
-__all__ = ["AddRequest", "Event", "FileInfo", "Lease", "Meta", "Session", "SessionHealth", "Status"]
+__all__ = ["AddRequest", "Event", "FileInfo", "Layout", "Lease", "Meta", "Session", "SessionHealth", "Status"]
 
 
 def _pack(s: TorrentSettings) -> dict[str, object]:
@@ -108,8 +110,7 @@ class _Entry:
     wanted: set[int] = field(default_factory=set)  # file indices some lease wants
     requested: int = 0  # resume saves asked for
     answered: int = 0  # resume saves libtorrent answered (saved or failed)
-    flushes: int = 0  # cache flushes asked for
-    flushed: int = 0  # cache flushes libtorrent finished (every write before them is in the file)
+    flushed: int = 0  # cache_flushed alerts (ours, and those libtorrent posts on its own)
     seed_until: tuple[float | None, float | None] | None = None  # (ratio, seconds) after the last lease
 
 
@@ -122,10 +123,25 @@ class Lease:
         self._h = entry.handle
         self.key = entry.key
         self.events: queue.Queue[Event] = queue.Queue()
+        # Called on the session's thread with each piece that passed (True) or failed (False) its
+        # hash check; not queued: the in-order digest reads a piece back while its pages are hot.
+        self.on_piece: Callable[[int, bool], None] | None = None
 
     def meta(self) -> Meta | None:
         ti = self._h.torrent_file()
         return _meta(ti) if ti is not None else None
+
+    def layout(self, f: FileInfo) -> Layout | None:
+        """The pieces of file `f` and their v1 SHA-1s (None without metadata)."""
+        ti = self._h.torrent_file()
+        if ti is None:
+            return None
+        fs = ti.layout()
+        pieces = range(f.first_piece, f.last_piece + 1)
+        hashes = tuple(bytes(ti.hash_for_piece(p)) for p in pieces) if ti.info_hashes().has_v1() else None
+        return Layout(offset=fs.file_offset(f.index), size=f.size, torrent_size=ti.total_size(),
+                      piece_length=ti.piece_length(), first_piece=f.first_piece, last_piece=f.last_piece,
+                      hashes=hashes)
 
     def status(self) -> Status:
         st = self._h.status()
@@ -337,9 +353,10 @@ class Session:
         """flush_cache is a fence behind every pending disk write of the torrent; its alert says the
         fence passed. (A resume save's flush_disk_cache flag does not wait: its alert can come while
         passed pieces still sit in libtorrent's store buffer, and a read of the file then differs.)"""
+        # The next alert, not a count of requests: libtorrent also posts one when the torrent
+        # finishes and for each resume save, so a count of ours is met before our flush is done.
         with self._lock:
-            entry.flushes += 1
-            n = entry.flushes
+            n = entry.flushed + 1
         entry.handle.flush_cache()
         with self._saved:
             return self._saved.wait_for(lambda: entry.flushed >= n, timeout)
@@ -414,7 +431,11 @@ class Session:
             self._on_resume(a, name == "save_resume_data_alert")
         elif name == "cache_flushed_alert":
             self._on_flushed(a)
+        elif name == "piece_finished_alert":
+            self._on_piece(a, True)
         else:
+            if name == "hash_failed_alert":
+                self._on_piece(a, False)
             event = _event(name, a)
             if event is not None:
                 self._publish(a, event)
@@ -463,6 +484,15 @@ class Session:
             with self._saved:
                 entry.flushed += 1
                 self._saved.notify_all()
+
+    def _on_piece(self, a: Any, ok: bool) -> None:
+        entry = self._entry_of(a)
+        if entry is None:
+            return
+        with self._lock:
+            listeners = [x.on_piece for x in entry.leases if x.on_piece is not None]
+        for listener in listeners:
+            listener(int(a.piece_index), ok)
 
     def _publish(self, a: Any, event: Event) -> None:
         entry = self._entry_of(a)

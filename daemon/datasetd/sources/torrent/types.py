@@ -32,6 +32,34 @@ class Meta:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where one file's bytes lie in the torrent's pieces, and the SHA-1 each piece must have."""
+
+    offset: int  # the file's first byte in the torrent
+    size: int
+    torrent_size: int
+    piece_length: int
+    first_piece: int
+    last_piece: int  # inclusive
+    hashes: tuple[bytes, ...] | None  # v1 SHA-1 of first_piece..last_piece (None: a v2-only torrent)
+
+    def file_range(self, piece: int) -> tuple[int, int]:
+        """[start, end) in the file of the piece's bytes that belong to the file."""
+        start, end = self._torrent_range(piece)
+        return max(start, self.offset) - self.offset, min(end, self.offset + self.size) - self.offset
+
+    def sha1(self, piece: int) -> bytes | None:
+        """The piece's SHA-1 when the file holds the whole piece (else it cannot be checked alone)."""
+        start, end = self._torrent_range(piece)
+        if self.hashes is None or start < self.offset or end > self.offset + self.size:
+            return None
+        return self.hashes[piece - self.first_piece]
+
+    def _torrent_range(self, piece: int) -> tuple[int, int]:
+        return piece * self.piece_length, min((piece + 1) * self.piece_length, self.torrent_size)
+
+
+@dataclass(frozen=True)
 class AddRequest:
     key: str
     save_path: Path

@@ -1,0 +1,182 @@
+"""The torrent digest taken in file order as pieces pass (sources/torrent/frontier.py, inorder.py).
+
+The frontier reads each passed piece back from the real file: these tests write
+that file in any order, late (a piece that passed before its write landed reads as
+a hole), and with a lying peer's bytes still in it, and the digest must be the
+file's own in every case. Then a real fetch with a lying libtorrent peer beside an
+honest one: the pieces it corrupted fail libtorrent's check and never reach the
+digest, which is taken in order and matches the pin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from datasetd.sources.torrent.fetcher import TorrentFetcher
+from datasetd.sources.torrent.frontier import Frontier
+from datasetd.sources.torrent.types import Layout
+from torrent_helpers import Seeder, loopback_settings, make_torrent, torrent_component
+
+PIECE = 64 * 1024
+MiB = 1024 * 1024
+
+
+def _layout(data: bytes) -> Layout:
+    n = -(-len(data) // PIECE)
+    hashes = tuple(hashlib.sha1(data[p * PIECE:(p + 1) * PIECE]).digest() for p in range(n))
+    return Layout(offset=0, size=len(data), torrent_size=len(data), piece_length=PIECE, first_piece=0,
+                  last_piece=n - 1, hashes=hashes)
+
+
+def _write(path: Path, piece: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data[piece * PIECE:(piece + 1) * PIECE], piece * PIECE)
+    finally:
+        os.close(fd)
+
+
+def _sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:  # as libtorrent leaves it: full length, holes where nothing landed yet
+        f.truncate(size)
+
+
+def _digest(frontier: Frontier, fence: Any = lambda: None) -> str:
+    d = frontier.digests(fence, threading.Event())
+    assert d is not None
+    return d.sha256
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_digest_is_the_files_whatever_the_order_and_however_late_the_writes(tmp_path: Path,
+                                                                                seed: int) -> None:
+    rng = random.Random(seed)
+    data = rng.randbytes(37 * PIECE + 1234)  # a short last piece too
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    layout = _layout(data)
+    frontier = Frontier(path, layout, md5=False)
+    late: list[int] = []
+    try:
+        for piece in rng.sample(range(layout.last_piece + 1), layout.last_piece + 1):
+            if rng.random() < 0.3:
+                late.append(piece)  # passed, but its write lands later: the frontier meets a hole
+            else:
+                _write(path, piece, data)
+            frontier.passed((piece,), fresh=True)
+            if late and rng.random() < 0.3:
+                _write(path, late.pop(rng.randrange(len(late))), data)
+            time.sleep(0.001)
+        for piece in late:
+            _write(path, piece, data)
+        assert _digest(frontier) == hashlib.sha256(data).hexdigest()
+    finally:
+        frontier.close()
+
+
+def test_a_write_half_landed_is_read_again_after_the_fence(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(8 * PIECE)
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    frontier = Frontier(path, _layout(data), md5=False)
+    try:
+        for piece in range(8):
+            _write(path, piece, data[:3 * PIECE + 53248] if piece == 3 else data)  # 3: torn mid-block
+            frontier.passed((piece,), fresh=True)
+        time.sleep(0.05)
+        assert frontier.next == 3  # waits at the hole: zeros are never taken for a fresh piece's bytes
+        # libtorrent's flush_cache: every write of the torrent is in the file once it returns.
+        assert _digest(frontier, fence=lambda: _write(path, 3, data)) == hashlib.sha256(data).hexdigest()
+    finally:
+        frontier.close()
+
+
+def test_zeros_of_the_datas_own_are_taken_at_once_not_at_the_fence(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    data = bytearray(rng.randbytes(8 * PIECE))
+    data[2 * PIECE + 8192:2 * PIECE + 20480] = bytes(12288)  # zero pages, as a tar's record padding has
+    data = bytes(data)
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    frontier = Frontier(path, _layout(data), md5=False)
+    try:
+        for piece in range(8):
+            _write(path, piece, data)
+            frontier.passed((piece,), fresh=True)
+        deadline = time.monotonic() + 1.0  # well inside RETRY_FOR: no waiting for the fence
+        while frontier.next < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert frontier.next == 8, "a piece whose SHA-1 matches was held as if its write had not landed"
+        assert _digest(frontier) == hashlib.sha256(data).hexdigest()
+    finally:
+        frontier.close()
+
+
+def test_a_lying_peers_bytes_left_in_the_file_never_reach_the_digest(tmp_path: Path) -> None:
+    data = random.Random(2).randbytes(8 * PIECE)
+    lie = bytearray(data)
+    lie[3 * PIECE:4 * PIECE] = random.Random(3).randbytes(PIECE)  # no hole in it: nothing looks missing
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    frontier = Frontier(path, _layout(data), md5=False)
+    try:
+        _write(path, 3, bytes(lie))  # the lie was written, then failed libtorrent's SHA-1 check
+        frontier.failed(3)
+        for piece in (0, 1, 2, 4, 5, 6, 7):
+            _write(path, piece, data)
+            frontier.passed((piece,), fresh=True)
+        frontier.passed((3,), fresh=True)  # an honest peer's copy passed; its write has not landed yet
+        time.sleep(0.05)
+        assert frontier.next == 3  # the lie is still in the file: its SHA-1 says so, not a hole
+        assert _digest(frontier, fence=lambda: _write(path, 3, data)) == hashlib.sha256(data).hexdigest()
+    finally:
+        frontier.close()
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+
+
+def test_a_lying_peers_pieces_fail_and_the_digest_taken_in_order_matches_the_pin(
+        tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    data = random.Random(4).randbytes(8 * MiB + 777)
+    honest_dir, liar_dir = tmp_path / "honest", tmp_path / "liar"
+    for d in (honest_dir, liar_dir):
+        d.mkdir()
+        (d / "train.bin").write_bytes(data)
+    torrent = tmp_path / "train.torrent"
+    make_torrent(honest_dir / "train.bin", torrent)
+    # Slow, so the liar (at full speed) delivers many of the pieces first.
+    with Seeder(torrent, honest_dir, ip="127.0.0.1", upload_limit=2_000_000) as honest, \
+            Seeder(torrent, liar_dir, ip="127.0.0.3") as liar:
+        honest.wait_ready()
+        liar.wait_ready()
+        # Checked and seeding with good data; now its disk returns other bytes for every piece.
+        (liar_dir / "train.bin").write_bytes(bytes(b ^ 0x5A for b in data))
+        settings = loopback_settings("127.0.0.2", peers=(liar.address, honest.address), stall_timeout=30.0)
+        fetcher = TorrentFetcher(settings, tmp_path / "root" / ".datasetd", health_interval=0.5)
+        comp = torrent_component("train", str(torrent), "train.bin", tmp_path / "root" / "downloads",
+                                 size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        try:
+            got = fetcher.fetch(comp, lambda _: None, threading.Event())
+        finally:
+            fetcher.close()
+        lied = liar.uploaded()
+    assert lied > 0, "the lying peer sent nothing: the test proves nothing"
+    assert got.sha256 == hashlib.sha256(data).hexdigest()
+    assert comp.archive.read_bytes() == data
+    done = [e for e in logs if e["event"] == "torrent.completed"]
+    assert done and done[0]["hashed_in_order"] is True, "the digest was not the one taken as pieces passed"
+    assert not [e for e in logs if e["event"] in ("torrent.file_reread", "torrent.digest_mismatch")]
