@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -323,3 +326,42 @@ def test_disk_error_is_reported_and_the_download_resumes_once_fixed(
     assert "save_path" in str(errors[0].detail["hint"])
     assert got.sha256 == payload.sha256
     assert "torrent.disk_retried" in names(logs)
+
+
+def test_a_torrent_apply_from_a_torrent_file_imports_no_http_client(payload: Payload, seeder: Seeder) -> None:
+    """httpx (with ssl) is ~45 ms of a cold start: only a .torrent URL, a web seed or a tracker needs it."""
+    listing = payload.tmp / "modules.txt"
+    manifest = payload.tmp / "m.toml"
+    manifest.write_text(f"""version = 1
+root = "{payload.tmp / 'root'}"
+
+[torrent]
+listen_interfaces = "127.0.0.2:{free_port('127.0.0.2')}"
+dht = false
+lsd = false
+utp = false
+upnp = false
+natpmp = false
+peers = ["{seeder.address}"]
+
+[components.train]
+source = "torrent"
+torrent = "{payload.torrent}"
+file = "{payload.file.name}"
+save_path = "downloads"
+size = {len(payload.data)}
+sha256 = "{payload.sha256}"
+""")
+    # `datasetd apply` in a fresh interpreter that writes, as it exits, every module it imported.
+    run_cli = ("import atexit, os, runpy, sys\n"
+               "atexit.register(lambda: open(os.environ['MODULES_OUT'], 'w').write('\\n'.join(sys.modules)))\n"
+               "sys.argv[0] = 'datasetd'\n"
+               "runpy.run_module('datasetd', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", run_cli, "--log-format", "json", "apply", str(manifest)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MODULES_OUT": str(listing)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (payload.tmp / "root" / "downloads" / payload.file.name).read_bytes() == payload.data
+    imported = {name.split(".")[0] for name in listing.read_text().split()}
+    assert {"libtorrent", "datasetd"} <= imported  # the listing is whole
+    assert "httpx" not in imported

@@ -370,6 +370,8 @@ class Session:
         if not self.save_resume(entries, timeout):
             log.warning("torrent.resume_save_timed_out", torrents=len(entries), timeout=timeout)
         self._closing.set()
+        # Any alert ends the pump's wait at once, not at its 200 ms timeout: a stats one will do.
+        self._ses.post_session_stats()
         self._thread.join()
         self.closed = True
         self._ses.pause()
