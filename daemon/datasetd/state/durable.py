@@ -23,6 +23,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file another writer made through the page cache (libtorrent never flushes): its bytes
+    and size then survive power loss. Its name needs `fsync_dir` of its directory besides."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def save_file(path: Path, mode: str = "w") -> Iterator[IO[str]]:
     """Write `path` atomically: readers see the old or the new file, never a mix.

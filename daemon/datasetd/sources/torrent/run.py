@@ -25,6 +25,7 @@ from datasetd.sources.torrent.inorder import InOrder
 from datasetd.sources.torrent.lab import FanOut, lab_for, static_peers
 from datasetd.sources.torrent.session import Lease, Session
 from datasetd.sources.torrent.types import AddRequest, Event, FileInfo, Status
+from datasetd.state.durable import fsync_dir, fsync_file
 
 log = logs.get()
 DISK_RETRY_FREE = 64 * 1024 * 1024  # free bytes that make a paused, disk-full torrent worth resuming
@@ -103,6 +104,10 @@ class Download:
             raise
         finally:
             self._drop_in_order()
+        # The fetch is recorded verified when this returns: power loss after that must not leave
+        # holes where libtorrent's writes sat in the page cache (it never flushes a file itself).
+        fsync_file(self.c.archive)
+        fsync_dir(self.c.archive.parent)  # and its name, made by libtorrent when the torrent was added
         self._leave(seed=True)
         return fetched
 
