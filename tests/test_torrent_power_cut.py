@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import ext4_loop
+from datasetd import platform
 from torrent_helpers import EventReader, Seeder, fetcher_process, free_port, make_torrent
 
 pytestmark = [
@@ -65,3 +66,25 @@ def test_the_fetched_file_is_on_the_device_when_the_fetch_returns(tmp_path: Path
         assert kept.exists(), "the fetched file is not on the device at all"
         assert hashlib.sha256(kept.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest(), \
             "the fetched file on the device is not the verified one (holes where the page cache held it)"
+
+
+def test_early_writeback_sends_a_range_to_the_device_without_an_fsync(tmp_path: Path) -> None:
+    """platform.start_writeback, which the in-order digest calls for each piece it took: the range's
+    dirty pages reach the device with the kernel's own writeback off, so the fetch's closing fsync
+    finds them written."""
+    image, root = tmp_path / "root.img", tmp_path / "root"
+    ext4_loop.make_image(image, size_mib=64)
+    with ext4_loop.flusher_off(), ext4_loop.mounted(image, root, "commit=600") as dev:
+        stat = Path("/sys/block") / Path(dev).name / "stat"
+        path = root / "file.bin"
+        path.write_bytes(random.Random(3).randbytes(8 * MiB))  # dirty in the page cache, nothing sent
+        ext4_loop.settle(dev)
+        before = int(stat.read_text().split()[6])  # sectors written
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            platform.start_writeback(fd, 0, 8 * MiB)
+        finally:
+            os.close(fd)
+        ext4_loop.settle(dev)
+        written = (int(stat.read_text().split()[6]) - before) * 512
+    assert written >= 8 * MiB, f"only {written} bytes reached the device"

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from datasetd import platform
 from datasetd.archive.digest import Digests
 from datasetd.errors import TemporaryError
 from datasetd.sources.torrent.types import Layout
@@ -154,6 +155,11 @@ class Frontier:
             data = self._read(piece, lag=fresh, suspect=suspect)
             if data is not None:
                 self._take(data)
+                if self._fd is not None:
+                    # The piece is in the digest: have it written out now, so the fetch's closing
+                    # fsync waits for the last pieces only (0.3 s of a 1 GB fetch otherwise).
+                    start, end = self.layout.file_range(piece)
+                    platform.start_writeback(self._fd, start, end - start)
                 failing_since, tries = None, 0
                 continue
             now = time.monotonic()
