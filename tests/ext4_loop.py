@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 TOOLS = ("losetup", "mkfs.ext4", "e2fsck", "mount", "umount")
 VM = Path("/proc/sys/vm")
@@ -27,6 +30,17 @@ VM = Path("/proc/sys/vm")
 NO_FLUSHER = {"dirty_writeback_centisecs": "0", "dirty_expire_centisecs": "360000"}
 KERNEL_DEFAULTS = {"dirty_writeback_centisecs": "500", "dirty_expire_centisecs": "3000"}
 LOCK = Path(tempfile.gettempdir()) / "datasetd-tests-vm-flusher.lock"  # machine-wide on purpose; holds no data
+
+
+def power_cut_marks() -> list[pytest.MarkDecorator]:
+    """A power-cut test's marks: slow (`make test-faults`), and skipped where this cannot run."""
+    return [
+        pytest.mark.slow,
+        pytest.mark.skipif(os.geteuid() != 0, reason="losetup, mount and vm sysctls need root (CI runs as root)"),
+        pytest.mark.skipif(bool(missing_tools()),
+                           reason=f"needs {', '.join(missing_tools())} (Debian: e2fsprogs, mount)"),
+        pytest.mark.skipif(not Path("/dev/loop-control").exists(), reason="this kernel has no loop devices"),
+    ]
 
 
 def missing_tools() -> list[str]:

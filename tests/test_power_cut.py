@@ -47,13 +47,7 @@ from conftest import (
 from datasetd.demo import build_train, build_val
 from http_server import FaultServer
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="losetup, mount and vm sysctls need root (CI runs as root)"),
-    pytest.mark.skipif(bool(ext4_loop.missing_tools()),
-                       reason=f"needs {', '.join(ext4_loop.missing_tools())} (Debian: e2fsprogs, mount)"),
-    pytest.mark.skipif(not Path("/dev/loop-control").exists(), reason="this kernel has no loop devices"),
-]
+pytestmark = ext4_loop.power_cut_marks()
 
 CLASSES = [f"n{3000000 + i:08d}" for i in range(300)]
 LOOSE = CLASSES[:100]  # hand-split into train/ before the run: their tars are deleted during it

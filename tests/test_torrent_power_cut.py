@@ -16,19 +16,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import ext4_loop
 from datasetd import platform
 from torrent_helpers import EventReader, Seeder, fetcher_process, free_port, make_torrent
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="losetup, mount and vm sysctls need root (CI runs as root)"),
-    pytest.mark.skipif(bool(ext4_loop.missing_tools()),
-                       reason=f"needs {', '.join(ext4_loop.missing_tools())} (Debian: e2fsprogs, mount)"),
-    pytest.mark.skipif(not Path("/dev/loop-control").exists(), reason="this kernel has no loop devices"),
-]
+pytestmark = ext4_loop.power_cut_marks()
 
 MiB = 1024 * 1024
 
