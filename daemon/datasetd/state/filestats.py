@@ -108,7 +108,8 @@ def _settle(folder: Path, stats: Stats) -> Stats | None:
             if not stat.S_ISREG(st.st_mode):
                 return None
             stats.files[name] = (st.st_ino, st.st_size, st.st_ctime_ns)
-        stats.stamps_ok = all(_listed_again(folder, stats, d) for d in fresh_dirs)
+        # Once withdrawn, stays withdrawn: a later round (files still changing) lists no directory.
+        stats.stamps_ok = stats.stamps_ok and all(_listed_again(folder, stats, d) for d in fresh_dirs)
     return stats if not _fresh(stats) else None
 
 
