@@ -179,4 +179,5 @@ def test_a_lying_peers_pieces_fail_and_the_digest_taken_in_order_matches_the_pin
     assert comp.archive.read_bytes() == data
     done = [e for e in logs if e["event"] == "torrent.completed"]
     assert done and done[0]["hashed_in_order"] is True, "the digest was not the one taken as pieces passed"
+    assert done[0]["pieces_failed"] > 0, "the liar's failed pieces never reached the in-order digest"
     assert not [e for e in logs if e["event"] in ("torrent.file_reread", "torrent.digest_mismatch")]

@@ -59,6 +59,7 @@ class Frontier:
         self.at_last: tuple[int, int] | None = None
         self.stuck = False  # the next piece kept failing its read: it waits for the fence in digests()
         self.rereads = 0  # reads of a piece that did not match yet (for the events)
+        self.failures = 0  # hash failures libtorrent reported (a lying or broken peer; for the events)
         self._fenced = False  # digests() ran the fence: a stuck piece gets RETRY_FOR more of reads
         self._fd: int | None = None
         self._closed = False
@@ -92,6 +93,7 @@ class Frontier:
     def failed(self, piece: int) -> None:
         """A piece failed libtorrent's hash check: whatever the file held of it was wrong."""
         with self._cond:
+            self.failures += 1
             self._failed.add(piece)
             self._passed.discard(piece)
             self.passed_to = min(self.passed_to, piece)

@@ -116,15 +116,18 @@ class Download:
             self._until_complete()
             finished = time.monotonic()
             at_last = self.in_order.frontier.at_last if self.in_order is not None else None
+            failures = self.in_order.frontier.failures if self.in_order is not None else None
             fetched, bad, in_order = self._verify()
             if bad is None:
                 # prefix_at_last: pieces in file order that had passed before the last one did;
-                # hashed_ahead: bytes already in the digest then; verify_seconds: from then to now.
+                # hashed_ahead: bytes already in the digest then; verify_seconds: from then to now;
+                # pieces_failed: hash failures the in-order digest was told of (each piece then
+                # taken only once its bytes match the torrent's SHA-1).
                 self.log.info("torrent.completed", size=fetched.size, sha256=fetched.sha256,
                               seconds=round(time.monotonic() - self.start, 1), hashed_in_order=in_order,
                               prefix_at_last=at_last[0] if at_last else None,
                               hashed_ahead=at_last[1] if at_last else None,
-                              verify_seconds=round(time.monotonic() - finished, 3))
+                              verify_seconds=round(time.monotonic() - finished, 3), pieces_failed=failures)
                 return fetched
             what, expected, actual = bad
             self.log.warning("torrent.digest_mismatch", algo=what, expected=expected, actual=actual,

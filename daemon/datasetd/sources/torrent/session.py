@@ -238,6 +238,7 @@ class Session:
         self._held = False
         self._closing = threading.Event()
         self.closed = False
+        self._handlers = self._alert_handlers()
         self._thread = threading.Thread(target=self._pump, name="datasetd-libtorrent", daemon=True)
         self._thread.start()
         # A session still alive at interpreter exit aborts the process (SIGABRT) while its alert
@@ -423,24 +424,34 @@ class Session:
                 self._remove(e)
                 log.info("torrent.seeding_stopped", info_hash=e.key, uploaded=st.all_time_upload)
 
+    def _alert_handlers(self) -> dict[str, Callable[[Any], None]]:
+        """The session's own handler of each alert type it acts on (deluge's alertmanager: by type,
+        not an if-ladder). Any other type becomes its lease's Event (`_EVENTS`), if it has one."""
+        return {
+            "session_stats_alert": self._on_stats,
+            "listen_failed_alert": lambda a: self._on_listen(a, False),
+            "listen_succeeded_alert": lambda a: self._on_listen(a, True),
+            "save_resume_data_alert": lambda a: self._on_resume(a, True),
+            "save_resume_data_failed_alert": lambda a: self._on_resume(a, False),
+            "cache_flushed_alert": self._on_flushed,
+            "piece_finished_alert": lambda a: self._on_piece(a, True),
+            "hash_failed_alert": self._on_hash_failed,
+        }
+
     def _on_alert(self, a: Any) -> None:
-        name = type(a).__name__
-        if name == "session_stats_alert":
-            self._dht_nodes = int(a.values.get("dht.dht_nodes", 0))
-        elif name in ("listen_failed_alert", "listen_succeeded_alert"):
-            self._on_listen(a, name == "listen_succeeded_alert")
-        elif name in ("save_resume_data_alert", "save_resume_data_failed_alert"):
-            self._on_resume(a, name == "save_resume_data_alert")
-        elif name == "cache_flushed_alert":
-            self._on_flushed(a)
-        elif name == "piece_finished_alert":
-            self._on_piece(a, True)
-        else:
-            if name == "hash_failed_alert":
-                self._on_piece(a, False)
-            event = _event(name, a)
-            if event is not None:
-                self._publish(a, event)
+        self._handlers.get(type(a).__name__, self._publish_event)(a)
+
+    def _on_stats(self, a: Any) -> None:
+        self._dht_nodes = int(a.values.get("dht.dht_nodes", 0))
+
+    def _on_hash_failed(self, a: Any) -> None:
+        self._on_piece(a, False)  # the in-order digest forgets the piece; the lease hears it too
+        self._publish_event(a)
+
+    def _publish_event(self, a: Any) -> None:
+        make = _EVENTS.get(type(a).__name__)
+        if make is not None:
+            self._publish(a, make(a))
 
     def _on_listen(self, a: Any, ok: bool) -> None:
         if a.socket_type != lt.socket_type_t.tcp:
@@ -515,25 +526,21 @@ def _write_resume(path: Path, params: Any) -> int:
     return sum(1 for p in params.have_pieces if p)
 
 
-def _event(name: str, a: Any) -> Event | None:
-    if name == "state_changed_alert":
-        return Event("state", str(a.state))
-    if name == "tracker_error_alert":
-        msg = a.failure_reason() or a.error_message() or a.error.message()
-        return Event("tracker_error", msg, url=a.tracker_url())
-    if name == "tracker_reply_alert":
-        return Event("tracker_reply", url=a.tracker_url(), count=a.num_peers)
-    if name == "file_error_alert":
-        return Event("file_error", f"{a.filename()}: {a.error.message()}")
-    if name == "url_seed_alert":
-        return Event("web_seed_error", a.error_message() or a.error.message(), url=a.server_url())
-    if name == "hash_failed_alert":
-        return Event("hash_failed", count=a.piece_index)
-    if name == "fastresume_rejected_alert":
-        return Event("resume_rejected", a.error.message())
-    simple = {"metadata_received_alert": "metadata_received", "torrent_checked_alert": "checked",
-              "torrent_finished_alert": "finished", "torrent_error_alert": "torrent_error"}
-    return Event(simple[name], a.message()) if name in simple else None
+# Each alert type a lease hears about, and the Event it becomes.
+_EVENTS: dict[str, Callable[[Any], Event]] = {
+    "state_changed_alert": lambda a: Event("state", str(a.state)),
+    "tracker_error_alert": lambda a: Event("tracker_error", a.failure_reason() or a.error_message()
+                                           or a.error.message(), url=a.tracker_url()),
+    "tracker_reply_alert": lambda a: Event("tracker_reply", url=a.tracker_url(), count=a.num_peers),
+    "file_error_alert": lambda a: Event("file_error", f"{a.filename()}: {a.error.message()}"),
+    "url_seed_alert": lambda a: Event("web_seed_error", a.error_message() or a.error.message(), url=a.server_url()),
+    "hash_failed_alert": lambda a: Event("hash_failed", count=a.piece_index),
+    "fastresume_rejected_alert": lambda a: Event("resume_rejected", a.error.message()),
+    "metadata_received_alert": lambda a: Event("metadata_received", a.message()),
+    "torrent_checked_alert": lambda a: Event("checked", a.message()),
+    "torrent_finished_alert": lambda a: Event("finished", a.message()),
+    "torrent_error_alert": lambda a: Event("torrent_error", a.message()),
+}
 
 
 def _params(req: AddRequest) -> tuple[Any, bool, int]:
