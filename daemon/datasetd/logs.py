@@ -98,7 +98,7 @@ EVENTS: dict[str, str] = {
     "torrent.fell_back": "web seeds or HTTP mirrors were enabled after a stall",
     "torrent.completed": "a torrent's file finished and matched datasetd's own digest (hashed_in_order: taken "
                          "in file order as the pieces passed; hashed_ahead: its bytes when the last piece "
-                         "passed; verify_seconds: from then to the digest)",
+                         "passed; verify_seconds: from then to the digest; pieces_failed: hash failures from peers)",
     "torrent.digest_mismatch": "a torrent's finished file failed datasetd's digest; a recheck follows",
     "torrent.file_reread": "the digest taken in order as pieces passed could not be used (a piece's bytes in the "
                            "file never matched the torrent's SHA-1, or the digest differs from the pin): the whole "
