@@ -190,12 +190,17 @@ class BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tf)  # type: ignore[misc,no-any-return]
 
 
+def not_a_tar(archive: str, problem: object) -> CorruptArchive:
+    """What a tar whose first header cannot be read is refused with, however it is read."""
+    return CorruptArchive(archive, f"not a readable tar: {problem}")
+
+
 def open_seekable(f: IO[bytes], archive: str) -> tarfile.TarFile:
     """An uncompressed tar on a seekable file: tarfile reads each header and seeks past the data."""
     try:
         return tarfile.open(fileobj=f, mode="r:", tarinfo=BoundedTarInfo)
     except tarfile.TarError as e:
-        raise CorruptArchive(archive, f"not a readable tar: {e}") from e
+        raise not_a_tar(archive, e) from e
 
 
 def check_zero_tail(f: IO[bytes], archive: str, end: int, size: int) -> None:
@@ -221,7 +226,7 @@ def open_stream(reader: Readable, archive: str, compressed: bool = True) -> tarf
             return tarfile.open(fileobj=fileobj, mode="r|*", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo)
         return tarfile.open(fileobj=fileobj, mode="r|", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo)
     except tarfile.TarError as e:
-        raise CorruptArchive(archive, f"not a readable tar: {e}") from e
+        raise not_a_tar(archive, e) from e
 
 
 def class_tar_members(outer: tarfile.TarFile, archive: str) -> Iterator[tuple[str, tarfile.TarInfo]]:

@@ -24,8 +24,7 @@ from collections.abc import Iterator
 from typing import IO, cast
 
 from datasetd.archive.inplace import RangeFile
-from datasetd.archive.tarsafe import BoundedTarInfo, open_seekable
-from datasetd.errors import CorruptArchive
+from datasetd.archive.tarsafe import BoundedTarInfo, not_a_tar, open_seekable
 
 _BLOCK = tarfile.BLOCKSIZE
 _ZEROS = bytes(_BLOCK)
@@ -44,7 +43,8 @@ class NotPlain(Exception):
 
 class Members:
     """The members of the tar in `window`, in order; `offset` is where the walk stopped (tarfile's
-    `TarFile.offset`: the end-of-archive check starts there)."""
+    `TarFile.offset`: the end-of-archive check starts there). Walked inside tarread.reading, like
+    a TarFile: a tarfile error raised here is named and worded there."""
 
     def __init__(self, window: RangeFile, archive: str) -> None:
         self._window, self._archive = window, archive
@@ -64,13 +64,13 @@ class Members:
     def _next(self) -> tarfile.TarInfo | None:
         offset, size = self.offset, self._window.size
         if offset > size:  # the last member's data runs past the end (tarfile's one-byte read fails)
-            raise CorruptArchive(self._archive, "unreadable tar (unexpected end of data); it may be truncated")
+            raise tarfile.ReadError("unexpected end of data")  # worded by tarread.reading, as tarfile's
         buf = self._window.pread(min(_BLOCK, size - offset), offset)
         try:
             member = parse(buf)
         except _Invalid as e:
             if offset == 0:
-                raise CorruptArchive(self._archive, f"not a readable tar: {e}") from None
+                raise not_a_tar(self._archive, e) from None
             return None  # tarfile stops at a damaged header; the end-of-archive check names it
         if member is None:
             return None
