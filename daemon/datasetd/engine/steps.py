@@ -327,7 +327,8 @@ def _record_unit(hands: Hands, component: str, unit: str, result: extract.Extrac
     digest_file = digestlists.list_path(hands.manifest, component, unit)
     # Not flushed here: the group commit's syncfs covers it before VERIFIED is recorded.
     write_text_fast(digest_file, verify.digest_list(result.files, prefix))
-    hands.journal.record_extracted(component, unit, archive.sha256, result.files, *taken)
+    stats, dirs = taken
+    hands.journal.record_extracted(component, unit, archive.sha256, result.files, stats=stats, dirs=dirs)
     hands.log.info(hands.event(component, verb), component=component, unit=unit, files=len(result.files),
                    bytes=sum(f[1] for f in result.files))
 

@@ -16,17 +16,17 @@ from typing import IO
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory's entries: makes a finished rename/create/unlink in it survive power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_DIRECTORY)
 
 
 def fsync_file(path: Path) -> None:
     """Flush a file another writer made through the page cache (libtorrent never flushes): its bytes
     and size then survive power loss. Its name needs `fsync_dir` of its directory besides."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    _fsync(path, 0)
+
+
+def _fsync(path: Path, kind: int) -> None:
+    fd = os.open(path, os.O_RDONLY | kind | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
