@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from datasetd import commands, logs
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.sources.registry import close_sources, make_sources
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from datasetd.archive.arrange import LabelSources, arrange_by_class, classes_tsv, labels_csv
 from datasetd.config.dataset import Expect
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.core.model import FLAT, ArchiveState, ArrangeByClass, ComponentState, Journal, UnitIndex, UnitState
 from datasetd.core.planning import plan_component
 from datasetd.errors import BadDevkit, ExpectationFailed, ManifestError

@@ -48,7 +48,7 @@ def test_forked_workers_get_default_signal_handlers_back() -> None:
 
 
 def test_a_silent_job_withholds_the_watchdog_ping(dataset: Dataset) -> None:
-    from datasetd.config.manifest import load
+    from datasetd.config.parsing import load
     from datasetd.service import daemon as daemon_mod
     from datasetd.service.jobs import Job
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from conftest import Dataset, sha256, write_manifest
-from datasetd.config.manifest import Manifest, load
+from datasetd.config.manifest import Manifest
+from datasetd.config.parsing import load
 from datasetd.core import model
 from datasetd.engine.executor import Executor, Outcome
 from datasetd.engine.steps import STEPS

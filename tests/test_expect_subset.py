@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import WNIDS, Dataset, class_tree, gnu_tar_reference, sha256, tree_digest, write_manifest
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.demo import class_tar, tar_bytes
 from datasetd.errors import ManifestError
 

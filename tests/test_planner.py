@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from datasetd.config.manifest import Manifest, parse
+from datasetd.config.manifest import Manifest
+from datasetd.config.parsing import parse
 from datasetd.core.costs import space_needs, traffic
 from datasetd.core.model import (
     FLAT,

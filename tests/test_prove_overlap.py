@@ -26,7 +26,7 @@ from conftest import (
     write_manifest,
 )
 from datasetd import cli
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.core.model import (
     UNPROVEN,
     Action,

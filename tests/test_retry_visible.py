@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import sha256, write_manifest
 from datasetd import commands, logs
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.sources.http import HttpFetcher
 from http_server import Fault, FaultServer
 

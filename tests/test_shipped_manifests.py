@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasetd.config.manifest import FileSource, TorrentSource, load
+from datasetd.config.manifest import FileSource, TorrentSource
+from datasetd.config.parsing import load
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Dataset, datasetd_cmd, run_datasetd, sha256, write_manifest
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.state.status import StatusBoard
 from http_server import FaultServer
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from datasetd import __version__, logs
-from datasetd.config.manifest import Manifest, load
+from datasetd.config.manifest import Manifest
+from datasetd.config.parsing import load
 from datasetd.errors import DatasetdError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from datasetd import commands
-from datasetd.config.manifest import load
+from datasetd.config.parsing import load
 from datasetd.errors import UsageError
 
 WNIDS = [  # the first 20 ILSVRC2012 classes in sorted-WNID order

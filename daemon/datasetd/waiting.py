@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from datasetd.commands import current_status
-from datasetd.config.manifest import Manifest, load
+from datasetd.config.manifest import Manifest
+from datasetd.config.parsing import load
 from datasetd.errors import PermanentError, UsageError
 
 POLL_SECONDS = 0.5

@@ -1,6 +1,6 @@
 """Manifest keys that say what the data set must be: `expect` (counts) and `classes` (a subset).
 
-Read by config.manifest for each component; checked by the pure planner
+Read by config.parsing for each component; checked by the pure planner
 (core.expect) once the archive's index is known, and by `verify --report`.
 """
 

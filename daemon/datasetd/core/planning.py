@@ -12,7 +12,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasetd.config.manifest import Component, Expect, Manifest
+from datasetd.config.dataset import Expect
+from datasetd.config.manifest import Component, Manifest
 from datasetd.core import expect as expectations
 from datasetd.core.model import (
     FLAT,

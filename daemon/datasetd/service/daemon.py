@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from datasetd import logs
-from datasetd.config.manifest import Manifest, load
+from datasetd.config.manifest import Manifest
+from datasetd.config.parsing import load
 from datasetd.engine.executor import Outcome
 from datasetd.errors import DatasetdError, ManifestError
 from datasetd.service import systemd
