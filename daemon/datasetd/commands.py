@@ -29,7 +29,8 @@ from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources
 from datasetd.state import status as status_mod
 from datasetd.state.access import share_state
-from datasetd.state.journal import JOURNAL_NAME, JournalDB, damage, rebuilding
+from datasetd.state.journal import JOURNAL_NAME, JournalDB, rebuilding
+from datasetd.state.journal_file import damage
 from datasetd.state.lock import RootLock, held_elsewhere
 from datasetd.state.observe import observe
 from datasetd.state.space import space_report
