@@ -10,8 +10,18 @@ import os
 import zlib
 from pathlib import Path
 
+import pytest
+
 from datasetd import platform
 from datasetd.state import filestats, fswalk
+
+
+@pytest.fixture(autouse=True)
+def _clock_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the clock rule: the filesystem is taken as one whose stamps a change in
+    the tick of a stat can keep, whatever this kernel does (test_fingerprint_every_change.py has the
+    other kind)."""
+    monkeypatch.setitem(platform._EVERY_CHANGE_STAMPED, os.stat(tmp_path).st_dev, False)
 
 
 def _unit(tmp_path: Path, files: int = 30) -> tuple[Path, list[tuple[str, int, str]]]:

@@ -1,8 +1,9 @@
 """Every OS primitive datasetd needs that the standard library does not wrap (borg's platform module).
 
 syncfs, early writeback, parent-death signal, I/O priority, read-ahead hints, the filesystem's
-timestamp clock and process probing live here, so the rest of the package stays portable-looking and each primitive
-has one place that says what it does when the kernel refuses.
+timestamp clock (and whether a filesystem stamps every change) and process probing live here, so
+the rest of the package stays portable-looking and each primitive has one place that says what it
+does when the kernel refuses.
 """
 
 from __future__ import annotations
@@ -117,6 +118,84 @@ def stamp_tick_ns() -> int:
         with contextlib.suppress(OSError):
             return max(1, int(time.clock_getres(_CLOCK_COARSE) * 1e9))
     return _UNKNOWN_TICK_NS
+
+
+# Filesystems seen to stamp every change after a stat, by device, in this process (stamps_every_change).
+_EVERY_CHANGE_STAMPED: dict[int, bool] = {}
+_PROBE_HITS = 5  # same-tick changes that must each show, with none hidden, to trust a filesystem
+_PROBE_TRIES = 50
+
+
+def stamps_every_change(scratch: Path) -> bool:
+    """Whether the filesystem holding `scratch` gives a file or directory new stamps on every change
+    made after a stat read them, even within one tick of the stamp clock: Linux's multigrain
+    timestamps (6.13 and later, on ext4, xfs, btrfs and tmpfs). There a fingerprint's stat is final
+    at once: no later change can keep the ctime it recorded, so nothing waits for the clock to tick.
+
+    Probed once per filesystem and process by a change made in the same tick as the stat before it,
+    to a file and to a directory that are made and removed inside `scratch` (a directory of
+    datasetd's own, such as a unit's .partial one, which the next run clears if a crash leaves
+    them). A change that kept its stamp, a probe that cannot run, or no coarse clock: False."""
+    try:
+        device = os.stat(scratch).st_dev
+    except OSError:
+        return False
+    if device not in _EVERY_CHANGE_STAMPED:
+        _EVERY_CHANGE_STAMPED[device] = _probe_stamps(scratch)
+    return _EVERY_CHANGE_STAMPED[device]
+
+
+def stamps_every_change_known(path: Path) -> bool:
+    """stamps_every_change's verdict for `path`'s filesystem if this process has probed it, else False."""
+    try:
+        return _EVERY_CHANGE_STAMPED.get(os.stat(path).st_dev, False)
+    except OSError:
+        return False
+
+
+def _probe_stamps(scratch: Path) -> bool:
+    if _CLOCK_COARSE is None:
+        return False
+    probe = scratch / f".stamp-probe-{os.getpid()}"
+    try:
+        os.mkdir(probe)
+        fd = os.open(probe / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
+        return False
+    try:
+        return _same_tick_changes_show(fd, probe)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe / "f")  # no fsync: a crash leaves the probe in a folder the next run clears
+            os.rmdir(probe)
+
+
+def _same_tick_changes_show(fd: int, probe: Path) -> bool:
+    """Changes whose stat and change fall in one tick of the stamp clock: each must move the stamp."""
+    assert _CLOCK_COARSE is not None
+    hits = 0
+    for _ in range(_PROBE_TRIES):
+        tick = time.clock_gettime_ns(_CLOCK_COARSE)
+        before_file = os.fstat(fd).st_ctime_ns
+        os.write(fd, b"x")
+        after_file = os.fstat(fd).st_ctime_ns
+        before_dir = os.lstat(probe).st_mtime_ns
+        os.mkdir(probe / "d")
+        after_dir = os.lstat(probe).st_mtime_ns
+        os.rmdir(probe / "d")
+        if time.clock_gettime_ns(_CLOCK_COARSE) != tick:
+            continue  # the clock ticked meanwhile: a moved stamp would prove nothing
+        if before_file == after_file or before_dir == after_dir:
+            return False
+        hits += 1
+        if hits == _PROBE_HITS:
+            return True
+    return False
 
 
 def pid_alive(pid: object) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
+from datasetd import platform
 from datasetd.archive.inplace import RangeFile, reads_in_place
 from datasetd.archive.tarread import decoding, decompressing, magic_bytes, reading, unique_members
 from datasetd.archive.tarsafe import (
@@ -59,6 +60,9 @@ def extract_unit(origin: Origin, folder: Path, partial: Path, old: Path, expecte
     _clear(partial)
     _clear(old)
     partial.mkdir()  # fails if something raced us into the name: never write into foreign dirs
+    # Probed once per filesystem, here where a crash leaves nothing the next run does not clear; the
+    # fingerprint taken after the read-back (state/filestats.py) reads the verdict.
+    platform.stamps_every_change(partial)
     try:
         result = _extract_into(origin, partial, expected_bytes)
     except BaseException:

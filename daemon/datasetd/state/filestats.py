@@ -32,7 +32,10 @@ from datasetd.state.fswalk import DirStamp, FileStat, dir_stamps_text, list_file
 RACY_COARSE_NS = 2_000_000_000
 # Version 1 blobs were taken on the fine clock and trusted files stamped 20 ms before it or earlier.
 _V1_RACY_NS = 20_000_000
-_VERSION = 2
+_VERSION = 2  # taken on the stamp clock: a file stamped in the tick of its stat is stat'ed again
+# Taken on a filesystem that stamps every change after a stat (platform.stamps_every_change): no
+# stamp it recorded can survive a later change, whatever the clock read, so every file is trusted.
+_VERSION_EVERY_CHANGE = 3
 _SETTLE_ROUNDS = 3  # re-stats of files still too fresh before giving up (then: no fingerprint, re-hash)
 _HEAD = struct.Struct("<BqI")  # version, when the stats were taken (ns), number of files
 _ENTRY = struct.Struct("<QQq")  # inode, size, ctime_ns, in the order of the sorted file names
@@ -65,6 +68,8 @@ def stat_tree(folder: Path) -> Stats:
 
 def _racy(version: int, taken_ns: int, ctime_ns: int) -> bool:
     """Whether a change after the stat could have kept this ctime: trust no such file."""
+    if version == _VERSION_EVERY_CHANGE:
+        return False
     if ctime_ns % 1_000_000_000 == 0:
         return taken_ns - ctime_ns < RACY_COARSE_NS
     if version == 1:
@@ -140,17 +145,21 @@ def take_with_dirs(folder: Path, records: list[FileRecord]) -> tuple[bytes | Non
     one a no-op checks with a stat per directory), or None where a directory would not vouch for
     its entries: one stamped in the clock's current tick, once ticked, is listed again
     (`_listed_again`), so an entry added in that tick cannot hide behind an unchanged stamp. On a
-    whole-second filesystem the stamps are left to the observation (fswalk's one-second rule)."""
-    stats = _settle(folder, stat_tree(folder))
+    whole-second filesystem the stamps are left to the observation (fswalk's one-second rule).
+    Where the filesystem stamps every change after a stat (platform.stamps_every_change, probed when
+    the unit's .partial folder was made) the first stat is final: nothing is stat'ed or listed again."""
+    every_change = platform.stamps_every_change_known(folder)
+    stats = stat_tree(folder) if every_change else _settle(folder, stat_tree(folder))
     names = sorted(name for name, _size, _digest in records)
     if stats is None or stats.odd or len(names) != len(stats.files) or any(n not in stats.files for n in names):
         return None, None
-    coarse = any(d[2] % 1_000_000_000 == 0 or d[3] % 1_000_000_000 == 0 for d in stats.stamps)
-    return _blob(stats, names), None if coarse or not stats.stamps_ok else dir_stamps_text(stats.stamps)
+    coarse = not every_change and any(d[2] % 1_000_000_000 == 0 or d[3] % 1_000_000_000 == 0 for d in stats.stamps)
+    version = _VERSION_EVERY_CHANGE if every_change else _VERSION
+    return _blob(stats, names, version), None if coarse or not stats.stamps_ok else dir_stamps_text(stats.stamps)
 
 
-def _blob(stats: Stats, names: list[str]) -> bytes:
-    head = _HEAD.pack(_VERSION, stats.taken_ns, len(names))
+def _blob(stats: Stats, names: list[str], version: int) -> bytes:
+    head = _HEAD.pack(version, stats.taken_ns, len(names))
     body = b"".join(_ENTRY.pack(*stats.files[n]) for n in names)
     dirs = "\0".join(stats.dirs).encode("utf-8", "surrogateescape")
     return zlib.compress(head + body + dirs)
@@ -161,7 +170,7 @@ def decode(blob: bytes) -> Fingerprint | None:
         raw = zlib.decompress(blob)
         version, taken_ns, count = _HEAD.unpack_from(raw)
         end = _HEAD.size + count * _ENTRY.size
-        if version not in (1, _VERSION) or len(raw) < end:
+        if version not in (1, _VERSION, _VERSION_EVERY_CHANGE) or len(raw) < end:
             return None
         stats = [_ENTRY.unpack_from(raw, _HEAD.size + i * _ENTRY.size) for i in range(count)]
         tail = raw[end:].decode("utf-8", "surrogateescape")
