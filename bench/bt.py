@@ -26,7 +26,10 @@ from datasetd.config.manifest import TorrentSettings
 
 def datasetd_pack(s: TorrentSettings) -> dict[str, object]:
     """The settings dict datasetd hands libtorrent for `s` (whichever helper this version has)."""
-    from datasetd.sources.torrent import session as _libtorrent
+    try:
+        from datasetd.sources.torrent.lt import session as _libtorrent
+    except ImportError:  # a datasetd from before sources/torrent/lt/
+        from datasetd.sources.torrent import session as _libtorrent  # type: ignore[no-redef]
 
     full = getattr(_libtorrent, "_pack", None)  # settings_pack plus datasetd's alert mask
     if full is not None:

@@ -24,7 +24,7 @@ import pytest
 
 from datasetd.sources.base import Fetched
 from datasetd.sources.torrent.fetcher import TorrentFetcher
-from datasetd.sources.torrent.session import Lease, Session, read_meta
+from datasetd.sources.torrent.lt import Lease, Session, read_meta
 from datasetd.sources.torrent.types import AddRequest
 from torrent_helpers import Seeder, loopback_settings, make_torrent, torrent_component
 

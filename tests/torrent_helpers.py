@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from datasetd.config.manifest import Component, TorrentSettings, TorrentSource
-from datasetd.sources.torrent.session import Lease, Session, make_torrent, read_meta
+from datasetd.sources.torrent.lt import Lease, Session, make_torrent, read_meta
 from datasetd.sources.torrent.types import AddRequest
 
 __all__ = ["Seeder", "Tracker", "fetcher_process", "free_port", "loopback_settings", "make_torrent",

@@ -134,16 +134,16 @@ def http_server(directory: Path, port: int = HTTP_PORT) -> Iterator[str]:
 def seeder(data: Path, torrent: Path, ip: str = "127.0.0.1", port: int = SEED_PORT) -> Iterator[str]:
     """A local BitTorrent seeder for one file (DHT, LSD, UPnP, NAT-PMP and uTP off: loopback only)."""
     from datasetd.config.manifest import TorrentSettings
-    from datasetd.sources.torrent import session as _libtorrent
+    from datasetd.sources.torrent import lt
     from datasetd.sources.torrent.types import AddRequest
 
     _port_free(ip, port, "the demo's BitTorrent seeder")
-    _libtorrent.make_torrent(data, torrent)
+    lt.make_torrent(data, torrent)
     settings = TorrentSettings(listen_interfaces=f"{ip}:{port}", dht=False, lsd=False, upnp=False,
                                natpmp=False, utp=False)
-    session = _libtorrent.Session(settings, stats_interval=1.0)
+    session = lt.Session(settings, stats_interval=1.0)
     try:
-        key = _libtorrent.read_meta(torrent).key
+        key = lt.read_meta(torrent).key
         lease = session.add(AddRequest(key=key, save_path=data.parent, resume_path=None, torrent_file=torrent))[0]
         deadline = time.monotonic() + 30
         while lease.status().state != "seeding":

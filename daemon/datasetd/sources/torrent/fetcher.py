@@ -1,8 +1,8 @@
 """BitTorrent source: one component's file out of a torrent, checked by datasetd itself.
 
-All libtorrent calls live in `_libtorrent` (one session per process, shared by
+All libtorrent calls live in `lt/` (one session per process, shared by
 concurrent fetches, its alerts pumped by one thread); the fetch loop is in
-`_torrent_run`, health diagnosis in `_torrent_health`, lab fan-out in `_torrent_lab`.
+`run`, health diagnosis in `health`, lab fan-out in `lab`.
 
 What is on disk (libtorrent writes the file in place, not under a temporary name):
 - `save_path/file`: the file, sparse at full length from the first write. It is
@@ -33,15 +33,16 @@ import structlog
 from datasetd.config.manifest import Component, Manifest, TorrentSettings, TorrentSource
 from datasetd.errors import PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, ProgressFn
-from datasetd.sources.torrent import session as _libtorrent
-from datasetd.sources.torrent.run import Download, Spec, Tuning, redact_url
+from datasetd.sources.torrent import lt
+from datasetd.sources.torrent.run import Download, Spec, Tuning
+from datasetd.sources.torrent.watch import redact_url
 from datasetd.state.durable import fsync_dir
 
 MAX_TORRENT_FILE = 64 << 20  # a .torrent of a 1 TB file with 16 KiB pieces is ~1.3 MB; refuse absurd ones
 
 _HEX = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 # One libtorrent session per process: concurrent fetches share its listen socket, peers and limits.
-_shared: _libtorrent.Session | None = None
+_shared: lt.Session | None = None
 _shared_lock = threading.Lock()
 
 __all__ = ["TorrentFetcher", "Tuning"]
@@ -93,7 +94,7 @@ class TorrentFetcher:
             return Spec(t.lower(), magnet=uri)
         if t.startswith("magnet:"):
             try:
-                return Spec(_libtorrent.magnet_key(t), magnet=t)
+                return Spec(lt.magnet_key(t), magnet=t)
             except ValueError as e:
                 raise PermanentError(f"components.{c.name}.torrent: not a usable magnet URI ({e}); "
                                      "give an info-hash, a magnet URI, a .torrent path or URL") from e
@@ -136,18 +137,18 @@ class TorrentFetcher:
 
 def _check_torrent(c: Component, path: Path, shown: str) -> str:
     try:
-        return _libtorrent.read_meta(path).key
+        return lt.read_meta(path).key
     except ValueError as e:
         raise PermanentError(f"components.{c.name}.torrent: {shown} is not a usable .torrent ({e}); "
                              "fix the path or URL") from e
 
 
 def _shared_session(settings: TorrentSettings, *, resume_interval: float, stats_interval: float
-                    ) -> _libtorrent.Session:
+                    ) -> lt.Session:
     global _shared
     with _shared_lock:
         if _shared is None or _shared.closed:
-            _shared = _libtorrent.Session(settings, resume_interval=resume_interval,
+            _shared = lt.Session(settings, resume_interval=resume_interval,
                                           stats_interval=stats_interval)
         else:
             _shared.apply(settings)

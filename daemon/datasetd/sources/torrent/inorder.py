@@ -1,8 +1,8 @@
 """One fetch's in-order digest: a Frontier fed by the lease's piece alerts, and a window that feeds it.
 
-run.Download starts one when it knows the file it wants, and asks it for the
-file's digests once libtorrent counts the whole file as passed; None means "read
-the whole file instead". With one seeder, libtorrent's picker takes pieces in
+verify.Verifier starts one when run.Download knows the file it wants, and asks
+it for the file's digests once libtorrent counts the whole file as passed; None
+means "read the whole file instead". With one seeder, libtorrent's picker takes pieces in
 random order (rarest first among equals), so at the last piece the prefix the
 digest can follow was 3-29 pieces of 241: nearly all of the file was still read
 after the download. So the pieces just past the passed prefix are raised to
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from datasetd.archive.digest import Digests
 from datasetd.sources.torrent.frontier import Frontier
-from datasetd.sources.torrent.session import Lease
+from datasetd.sources.torrent.lt import Lease
 from datasetd.sources.torrent.types import FileInfo, Layout
 
 TOP_PRIORITY = 7  # libtorrent's highest piece priority: the picker takes these before the rest (4)

@@ -2,41 +2,31 @@
 
 The loop polls (4 times a second) rather than blocking on alerts so that `stop`,
 progress and the health check all run on one clock; alerts arrive as typed
-events through the lease's queue, pumped by the session's thread.
+events through the lease's queue, pumped by the session's thread (lt/alerts.py).
+What keeps the fetch going is watch.py's; the check against the pins is verify.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasetd import logs
-from datasetd.archive.digest import Digests, hash_file, mismatch
 from datasetd.config.manifest import Component, TorrentSettings, TorrentSource
 from datasetd.errors import DigestMismatch, PermanentError, TemporaryError
 from datasetd.sources.base import Fetched, FetchProgress, ProgressFn
-from datasetd.sources.torrent.health import OK, Health, Observation, diagnose
-from datasetd.sources.torrent.inorder import InOrder
 from datasetd.sources.torrent.lab import FanOut, lab_for, static_peers
-from datasetd.sources.torrent.session import Lease, Session
+from datasetd.sources.torrent.lt import Lease, Session
 from datasetd.sources.torrent.types import AddRequest, Event, FileInfo, Status
+from datasetd.sources.torrent.verify import Verifier
+from datasetd.sources.torrent.watch import DISK_RETRY_FREE, Watch
 from datasetd.state.durable import fsync_dir, fsync_file
 
 log = logs.get()
-DISK_RETRY_FREE = 64 * 1024 * 1024  # free bytes that make a paused, disk-full torrent worth resuming
-
-
-def redact_url(url: str) -> str:
-    """The HTTP source's redact_url, imported at first use: with it comes httpx (~45 ms of a cold
-    start), which a fetch from a .torrent file with no tracker never needs."""
-    from datasetd.sources.http.util import redact_url as redact
-
-    return redact(url)
 
 
 @dataclass(frozen=True)
@@ -70,21 +60,15 @@ class Download:
         self.file: FileInfo | None = None
         self.fanout: FanOut | None = None
         self.fanout_done = False
-        self.in_order: InOrder | None = None  # the digest taken as pieces pass, while it can be trusted
         self.checking = False
         self.recheck_reason: str | None = None
-        self.health = Health(OK)
-        self.tracker_errors: dict[str, str] = {}
-        self.disk_error: str | None = None
-        self.disk_error_at = 0.0
-        self.web_seed_error: str | None = None
-        self.dht_nodes: int | None = None
-        self.fell_back = False
         now = time.monotonic()
         self.start = self.last_progress = now
         self.best = 0
-        self.next_health = self.next_fanout = self.next_report = 0.0
+        self.next_fanout = self.next_report = 0.0
         self.lease: Lease
+        self.verifier: Verifier
+        self.watch: Watch
 
     # -- the fetch as a whole ----------------------------------------------------------------------
 
@@ -93,6 +77,9 @@ class Download:
                          torrent_file=self.spec.torrent_file, magnet=self.spec.magnet,
                          trackers=self.settings.trackers, peers=tuple(self.peers), files_off=True)
         self.lease, resumed, pieces = self.session.add(req)
+        self.verifier = Verifier(self.c, self.lease, self.progress, self.stop, self.log)
+        self.watch = Watch(self.session, self.lease, self.settings, self.src, self.peers,
+                           interval=self.tuning.health_interval, slow_after=self.tuning.slow_after, log=self.log)
         self.log.info("torrent.added", save_path=str(self.src.save_path), file=self.src.file)
         if resumed:
             self.log.info("torrent.resumed", pieces=pieces, path=str(self.resume_path))
@@ -103,7 +90,7 @@ class Download:
                 self._leave(seed=False)
             raise
         finally:
-            self._drop_in_order()
+            self.verifier.drop()
         # The fetch is recorded verified when this returns: power loss after that must not leave
         # holes where libtorrent's writes sat in the page cache (it never flushes a file itself).
         fsync_file(self.c.archive)
@@ -115,19 +102,13 @@ class Download:
         for attempt in (1, 2):
             self._until_complete()
             finished = time.monotonic()
-            at_last = self.in_order.frontier.at_last if self.in_order is not None else None
-            failures = self.in_order.frontier.failures if self.in_order is not None else None
-            fetched, bad, in_order = self._verify()
+            at_last = self.verifier.progress_at_last()
+            fetched, bad, in_order = self.verifier.verify(self.file.size if self.file else None)
             if bad is None:
-                # prefix_at_last: pieces in file order that had passed before the last one did;
-                # hashed_ahead: bytes already in the digest then; verify_seconds: from then to now;
-                # pieces_failed: hash failures the in-order digest was told of (each piece then
-                # taken only once its bytes match the torrent's SHA-1).
+                # verify_seconds: from the last piece passing to now.
                 self.log.info("torrent.completed", size=fetched.size, sha256=fetched.sha256,
                               seconds=round(time.monotonic() - self.start, 1), hashed_in_order=in_order,
-                              prefix_at_last=at_last[0] if at_last else None,
-                              hashed_ahead=at_last[1] if at_last else None,
-                              verify_seconds=round(time.monotonic() - finished, 3), pieces_failed=failures)
+                              **at_last, verify_seconds=round(time.monotonic() - finished, 3))
                 return fetched
             what, expected, actual = bad
             self.log.warning("torrent.digest_mismatch", algo=what, expected=expected, actual=actual,
@@ -139,63 +120,8 @@ class Download:
                              "libtorrent's piece hashes pass, so the torrent's data differs from the "
                              f"manifest's pin; check components.{self.c.name}.torrent and its digests")
 
-    def _verify(self) -> tuple[Fetched, tuple[str, str, str] | None, bool]:
-        """The file's digests against the pins: (fetched, what differs or None, taken in order)."""
-        d = self._in_order_digests()
-        if d is not None and mismatch(self.c, d) is None:
-            return Fetched(self.c.archive, d.size, d.sha256, d.md5), None, True
-        if d is not None:
-            # Not a verdict: a write may have landed after its page was read. The whole file decides.
-            self._reread("the digest taken as the pieces passed differs from the pin")
-        total = self.file.size if self.file else None
-
-        def report(done: int) -> None:
-            self.progress(FetchProgress(done, total, detail={"health": OK, "phase": "verifying"}))
-
-        self.lease.save_resume(timeout=60.0)
-        d = hash_file(self.c.archive, md5=self.c.md5 is not None, stop=self.stop, progress=report)
-        bad = mismatch(self.c, d)
-        if bad is not None:
-            # Pieces that passed libtorrent's check may still sit in its store buffer (a resume
-            # save's flush does not wait for them). Wait for every disk write (flush_cache is a
-            # fence; waiting on it each time costs seconds on a 1 GB file), then read once more
-            # before a full recheck. A digest that matches the pin needs no such wait: it is proof.
-            if not self.lease.flush(timeout=60.0):
-                self.log.warning("torrent.flush_timed_out", timeout=60.0)
-            d = hash_file(self.c.archive, md5=self.c.md5 is not None, stop=self.stop, progress=report)
-            bad = mismatch(self.c, d)
-        return Fetched(self.c.archive, d.size, d.sha256, d.md5), bad, False
-
-    def _in_order_digests(self) -> Digests | None:
-        """The digests taken as the pieces passed; None when the file must be read whole."""
-        if self.in_order is None:
-            return None
-        d = self.in_order.digests(self.stop)
-        if d is None:
-            self._reread("a piece's bytes in the file differ from the torrent's SHA-1 after every write "
-                         "was flushed")
-        return d
-
-    def _reread(self, reason: str) -> None:
-        if self.in_order is not None:
-            f = self.in_order.frontier
-            self.log.warning("torrent.file_reread", piece=f.next, hashed=f.hashed, reason=reason)
-        self._drop_in_order()
-
-    def _follow_pieces(self, file: FileInfo) -> None:
-        """Start the in-order digest of the file (no window in a lab: its fan-out sets priorities)."""
-        layout = self.lease.layout(file)
-        if layout is not None:
-            self.in_order = InOrder(self.lease, self.c.archive, file, layout, md5=self.c.md5 is not None,
-                                    window=self.lab is None)
-
-    def _drop_in_order(self) -> None:
-        if self.in_order is not None:
-            self.in_order.close()
-            self.in_order = None
-
     def _recheck(self, reason: str) -> None:
-        self._drop_in_order()  # a recheck may take pieces back: the file is read whole after it
+        self.verifier.drop()  # a recheck may take pieces back: the file is read whole after it
         self.recheck_reason = reason
         self.checking = True
         self.lease.force_recheck()
@@ -228,9 +154,9 @@ class Download:
                 self.best, self.last_progress = done, now
             if now >= self.next_fanout:
                 self._update_fanout(now)
-                if self.in_order is not None:
-                    self.in_order.raise_window()
-            if now >= self.next_health:
+                if self.verifier.in_order is not None:
+                    self.verifier.in_order.raise_window()
+            if now >= self.watch.next_tick:
                 self._health_tick(now, st)
             complete = self.file is not None and done >= self.file.size and not (self.checking or st.checking)
             if now >= self.next_report or complete:
@@ -266,22 +192,14 @@ class Download:
             self.checking = True
         elif ev.kind == "checked":
             self.checking = False
-            if self.in_order is not None:
-                self.in_order.held()
+            if self.verifier.in_order is not None:
+                self.verifier.in_order.held()
         elif ev.kind == "metadata_received":
             self.log.info("torrent.metadata_received")
         elif ev.kind == "resume_rejected":
             self.recheck_reason = f"resume data rejected: {ev.message}"
-        elif ev.kind == "file_error":
-            self.disk_error, self.disk_error_at = ev.message, time.monotonic()
-            self.lease.pause()
-            self.next_health = 0.0
-        elif ev.kind == "tracker_error":
-            self.tracker_errors[redact_url(ev.url)] = ev.message
-        elif ev.kind == "tracker_reply":
-            self.tracker_errors.pop(redact_url(ev.url), None)
-        elif ev.kind == "web_seed_error":
-            self.web_seed_error = f"{redact_url(ev.url)}: {ev.message}"
+        else:
+            self.watch.on_event(ev)
 
     def _take_metadata(self, now: float) -> None:
         meta = self.lease.meta()
@@ -297,7 +215,8 @@ class Download:
                                  f"the torrent's file differs from the manifest; check components.{self.c.name}")
         self.file = f
         self.lease.want_file(f.index, meta.num_files)
-        self._follow_pieces(f)
+        # No window in a lab: its fan-out sets the piece priorities.
+        self.verifier.follow(f, window=self.lab is None)
         if self.lab is not None:
             self.fanout = FanOut(self.lab, f.first_piece, f.last_piece, wait=self.tuning.lab_wait, now=now,
                                  grace=self.tuning.lab_grace)
@@ -329,45 +248,12 @@ class Download:
                 self.lease.reannounce()
             self.log.info("torrent.lab_opened", after=round(now - self.start, 1))
 
-    # -- health, stalls, fallbacks ----------------------------------------------------------------
+    # -- health, stalls, fallbacks (watch.py) -----------------------------------------------------
 
     def _health_tick(self, now: float, st: Status) -> None:
-        self.next_health = now + self.tuning.health_interval
-        connected = self.lease.connected_ips()
-        for ip, port in self.peers:
-            if ip not in connected:
-                self.lease.connect(ip, port)
-        self._retry_disk(now)
-        sh = self.session.health()
-        self.dht_nodes = sh.dht_nodes
-        obs = Observation(
-            elapsed=now - self.start, idle=now - self.last_progress, has_metadata=st.has_metadata,
-            listen_error=sh.listen_error, dht_enabled=self.settings.dht, dht_nodes=sh.dht_nodes,
-            trackers=st.trackers, tracker_errors=dict(self.tracker_errors), peers=st.peers,
-            seeds=st.seeds, peers_seen=st.peers_seen, download_rate=st.download_rate,
-            disk_error=self.disk_error, web_seed_error=self.web_seed_error,
-        )
-        slow = min(self.tuning.slow_after, self.settings.stall_timeout)
-        health = diagnose(obs, slow_after=slow, settle=min(30.0, slow))
-        if health != self.health:
-            emit = self.log.info if health.ok else self.log.warning
-            emit("torrent.health", health=health.problem, hint=health.hint, peers=st.peers,
-                 peers_seen=st.peers_seen, dht_nodes=sh.dht_nodes)
-            self.health = health
+        missing = (self.file.size - self.best) if self.file else DISK_RETRY_FREE
+        if self.watch.tick(now, st, elapsed=now - self.start, idle=now - self.last_progress, missing=missing):
             self.next_report = 0.0  # the status shows a change of health at once, not at the next report
-
-    def _retry_disk(self, now: float) -> None:
-        if self.disk_error is None or now - self.disk_error_at < self.tuning.health_interval:
-            return
-        try:
-            free = shutil.disk_usage(self.src.save_path).free
-        except OSError:
-            return
-        need = min(DISK_RETRY_FREE, (self.file.size - self.best) if self.file else DISK_RETRY_FREE)
-        if free >= need:
-            self.log.info("torrent.disk_retried", free=free, error=self.disk_error)
-            self.disk_error = None
-            self.lease.resume_after_error()
 
     def _report(self, now: float, st: Status, done: int) -> None:
         self.next_report = now + self.tuning.report_every
@@ -376,9 +262,10 @@ class Download:
             have = self.lease.have()
             num = self.file.last_piece - self.file.first_piece + 1
             pieces = sum(1 for p in range(self.file.first_piece, self.file.last_piece + 1) if have[p])
+        health = self.watch.health
         detail: dict[str, object] = {
-            "peers": st.peers, "seeds": st.seeds, "dht_nodes": self.dht_nodes,
-            "pieces": pieces, "num_pieces": num, "health": self.health.problem, "hint": self.health.hint,
+            "peers": st.peers, "seeds": st.seeds, "dht_nodes": self.watch.dht_nodes,
+            "pieces": pieces, "num_pieces": num, "health": health.problem, "hint": health.hint,
             "state": st.state,
         }
         total = self.file.size if self.file else self.c.size
@@ -389,35 +276,23 @@ class Download:
         if idle < self.settings.stall_timeout:
             return
         self._health_tick(now, st)
-        self.log.warning("torrent.stalled", idle=round(idle), health=self.health.problem, hint=self.health.hint)
-        if self._fall_back():
+        health = self.watch.health
+        self.log.warning("torrent.stalled", idle=round(idle), health=health.problem, hint=health.hint)
+        if self.file is not None and self._fall_back():
             self.last_progress = now
             return
         raise TemporaryError(
-            f"{self.c.archive}: torrent {self.spec.key} stalled for {idle:.0f}s: {self.health.problem}"
-            + (f" ({self.health.hint})" if self.health.hint else ""),
+            f"{self.c.archive}: torrent {self.spec.key} stalled for {idle:.0f}s: {health.problem}"
+            + (f" ({health.hint})" if health.hint else ""),
             delay=min(self.settings.stall_timeout, 300.0),
         )
 
     def _fall_back(self) -> bool:
-        """Add web seeds (and mirrors, for a single-file torrent) once; libtorrent then fetches over HTTP."""
-        if self.fell_back or self.file is None:
-            return False
-        self.fell_back = True
+        """Web seeds once (watch.py), and every piece open: the lab no longer decides."""
         meta = self.lease.meta()
-        single = meta is not None and meta.num_files == 1
-        urls = list(self.src.web_seeds) + (list(self.src.mirrors) if single else [])
-        if self.src.mirrors and not single:
-            self.log.warning("torrent.mirrors_skipped",
-                             reason="a mirror is one file's URL; libtorrent can use it only for a "
-                                    "single-file torrent: list a base URL under web_seeds instead")
-        if not urls:
+        if not self.watch.fall_back(meta.num_files if meta is not None else None):
             return False
-        for url in urls:
-            self.lease.add_web_seed(url)
         if self.fanout is not None and not self.fanout.all_open():
             self.fanout.open_all()
             self._update_fanout(time.monotonic())
-        self.log.info("torrent.fell_back", via="web_seed", urls=[redact_url(u) for u in urls])
         return True
-

@@ -1,4 +1,4 @@
-"""Typed values that cross the boundary of `_libtorrent` (which alone imports libtorrent)."""
+"""Typed values that cross the boundary of `lt/` (which alone imports libtorrent)."""
 
 from __future__ import annotations
 
