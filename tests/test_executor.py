@@ -17,8 +17,9 @@ from conftest import Dataset, sha256, write_manifest
 from datasetd.config.manifest import Manifest
 from datasetd.config.parsing import load
 from datasetd.core import model
-from datasetd.engine.executor import Executor, Outcome
+from datasetd.engine.executor import Executor
 from datasetd.engine.steps import STEPS
+from datasetd.engine.stepstate import Outcome
 from datasetd.sources.http import HttpFetcher
 from datasetd.state.journal import JournalDB
 from datasetd.state.status import StatusBoard

@@ -23,7 +23,8 @@ from datasetd.core.summary import human_bytes, summarize
 from datasetd.engine import digestlists
 from datasetd.engine import report as report_mod
 from datasetd.engine.deepverify import Pace, account_for_manifest, verify_units
-from datasetd.engine.executor import Executor, Outcome
+from datasetd.engine.executor import Executor
+from datasetd.engine.stepstate import Outcome
 from datasetd.service.hooks import Hooks, last_phases
 from datasetd.sources.base import Source
 from datasetd.sources.registry import close_sources, make_sources

@@ -20,18 +20,13 @@ then may their tars be deleted.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
-import multiprocessing
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from datasetd import logs, platform
-from datasetd.archive.indexprogress import read_progress
+from datasetd import logs
 from datasetd.config.manifest import Manifest
 from datasetd.core.costs import space_needs
 from datasetd.core.model import (
@@ -44,61 +39,24 @@ from datasetd.core.model import (
     ProveArchive,
     UnitAction,
 )
-from datasetd.core.planning import is_ready, plan
-from datasetd.core.summary import summarize
+from datasetd.core.planning import plan
 from datasetd.engine import digestlists
-from datasetd.engine.groupcommit import GroupCommit
-from datasetd.engine.steps import STEPS, Hands, discard_unproven, index_progress_path
+from datasetd.engine.archivesteps import discard_unproven
+from datasetd.engine.groupcommit import GroupCommit, filesystems
+from datasetd.engine.hands import Hands
+from datasetd.engine.pools import kill_processes, pools
+from datasetd.engine.reporting import Reporter
+from datasetd.engine.steps import STEPS
+from datasetd.engine.stepstate import Key, Outcome, StepState, after_manifest_edit, failures, outcome
 from datasetd.errors import NoSpace, TemporaryError, classify, is_out_of_space
 from datasetd.sources.base import Source
 from datasetd.state.journal import JournalDB
-from datasetd.state.observe import observe, observe_component, observe_unit
-from datasetd.state.space import check_space, inodes_free, still_needed
-from datasetd.state.status import ComponentStatus, StatusBoard
+from datasetd.state.observe import observe, observe_again
+from datasetd.state.space import check_space, still_needed
+from datasetd.state.status import StatusBoard
 
 MAX_ATTEMPTS = 3
 COMMIT_BATCH = 256  # verified units that force a group commit even while steps still run
-Key = tuple[str, str]  # (component, unit); unit "" for component-level steps
-_NO_STATUS = ComponentStatus()
-
-
-@dataclass(frozen=True)
-class StepState:
-    """Everything the executor knows of one key between two observations."""
-
-    attempts: int = 0
-    retry_at: float | None = None  # monotonic time before which the key is not planned again
-    failed: str | None = None  # permanent failure: the key stays in error until the manifest changes
-    running: Action | None = None
-    verified_at: float | None = None  # verified, waiting for the group commit since
-    flushed: bool = False  # its files survive power loss: only the archive's verdict may still be awaited
-
-    @property
-    def busy(self) -> bool:
-        return self.running is not None or self.verified_at is not None
-
-
-@dataclass
-class Outcome:
-    ready: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # component -> first error
-    stopped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.stopped
-
-
-def init_worker() -> None:
-    parent = multiprocessing.parent_process()
-    platform.die_with_parent(parent.pid if parent is not None else None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
-
-
-def _kill_processes(pool: cf.Executor | None) -> None:
-    """SIGKILL a process pool's processes (concurrent.futures has no public way to)."""
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
-        p.kill()
 
 
 class Executor:
@@ -120,7 +78,7 @@ class Executor:
         self.states: dict[Key, StepState] = {}
         self.futures: dict[cf.Future[Any], Key] = {}
         self.flusher: GroupCommit[Key] = GroupCommit()
-        self._last_progress = time.monotonic()
+        self.reporter = Reporter(board)
         self._new: tuple[Manifest, Mapping[str, Source] | None] | None = None
         self._pools_by_place: dict[str, cf.Executor] = {}
         self.futures_started = 0  # steps started in this run (none: a no-op)
@@ -144,12 +102,7 @@ class Executor:
         self.board.reset(manifest)
         enabled = {c.name for c in manifest.enabled()}
         self.hands.stop_fetches_of({n for n in self.hands.fetch_stops if n not in enabled})
-        # A manifest edit is the user acting: failures and backoffs start afresh. What is in flight
-        # stays tracked; what waits for a commit stays only for components that are still enabled.
-        self.states = {key: StepState(running=s.running, verified_at=s.verified_at if key[0] in enabled else None,
-                                      flushed=s.flushed and key[0] in enabled)
-                       for key, s in self.states.items() if s.running is not None
-                       or (s.verified_at is not None and key[0] in enabled)}
+        self.states = after_manifest_edit(self.states, enabled)
         self.observed = dict(observe(manifest, self.journal).components)
         self.log.info("daemon.reloaded", manifest=str(manifest.path), sha256=manifest.sha256)
 
@@ -175,8 +128,8 @@ class Executor:
         digestlists.rewrite_lost(self.manifest, self.journal, (
             (name, u.name) for name, state in self.observed.items() for u in state.units
             if u.journal is not Journal.NONE))
-        with self._pools() as pools:
-            self._pools_by_place = pools
+        with pools(self.workers, self.stop) as by_place:
+            self._pools_by_place = by_place
             try:
                 self._loop()
             finally:
@@ -199,22 +152,6 @@ class Executor:
             seen = {u.name: u.dirs_seen for u in state.units if u.dirs_seen is not None and u.intact}
             if seen:
                 self.journal.record_dirs(name, seen)
-
-    @contextlib.contextmanager
-    def _pools(self) -> Iterator[dict[str, cf.Executor]]:
-        ctx = multiprocessing.get_context("fork")
-        procs = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker)
-        prover = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker)
-        threads = cf.ThreadPoolExecutor(4, thread_name_prefix="fetch")
-        try:
-            yield {"worker": procs, "process": prover, "thread": threads}
-        finally:
-            stopping = self.stop.is_set()
-            threads.shutdown(wait=not stopping, cancel_futures=True)
-            for pool in (procs, prover):
-                if stopping:
-                    _kill_processes(pool)  # abandoned steps leave only .partial dirs, cleared next run
-                pool.shutdown(wait=True, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -377,17 +314,8 @@ class Executor:
     def _refresh(self, action: Action, proven: bool = False) -> None:
         """Observe what a step changed: its unit (`proven`: just read back by the step), or its component."""
         comp = self.manifest.components[action.component]
-        state = self.observed.get(comp.name)
-        if isinstance(action, UnitAction) and state is not None and state.archive_sha256:
-            rows = self.journal.units(comp.name, action.unit)
-            units = tuple(
-                observe_unit(comp, self.journal, u.index, state.archive_sha256, rows.get(u.name), proven)
-                if u.name == action.unit else u for u in state.units)
-            # while the archive is being proved, what may start is bounded by the inodes free now
-            free = inodes_free(comp.into) if state.inodes_free is not None and comp.into is not None else None
-            self.observed[comp.name] = replace(state, units=units, inodes_free=free)
-        else:
-            self.observed[comp.name] = observe_component(comp, self.journal)
+        unit = action.unit if isinstance(action, UnitAction) else None
+        self.observed[comp.name] = observe_again(comp, self.journal, self.observed.get(comp.name), unit, proven)
 
     # ---- group commit ------------------------------------------------------------------------
 
@@ -411,7 +339,7 @@ class Executor:
         if not (force or idle or len(waiting) >= COMMIT_BATCH or stale):
             return
         # One flush for every unit in the batch (engine/groupcommit.py), off this thread.
-        self.flusher.start(sorted(waiting), self._commit_filesystems(waiting))
+        self.flusher.start(sorted(waiting), filesystems(self.manifest, {component for component, _ in waiting}))
         if force or idle:
             self._record_flushed(wait=True)  # nothing else to do meanwhile
             self._record_durable()
@@ -456,59 +384,15 @@ class Executor:
         verified = replace(seen, journal=Journal.VERIFIED)
         self.observed[component] = replace(state, units=tuple(verified if u is seen else u for u in units))
 
-    def _commit_filesystems(self, keys: Iterable[Key]) -> list[Path]:
-        seen: dict[int, Path] = {}
-        for name in {component for component, _ in keys}:
-            into = self.manifest.components[name].into
-            for path in (into, self.manifest.state_dir):
-                if path is not None and path.exists():
-                    seen.setdefault(path.stat().st_dev, path)
-        return list(seen.values())
-
     # ---- reporting -----------------------------------------------------------------------------
 
     def failures(self) -> dict[str, str]:
         """component -> its first failure message."""
-        out: dict[str, str] = {}
-        for (component, _), state in sorted(self.states.items()):
-            if state.failed is not None:
-                out.setdefault(component, state.failed)
-        return out
+        return failures(self.states)
 
     def _report(self) -> None:
-        running: dict[str, set[str]] = {}
-        for state in self.states.values():
-            if state.running is not None and type(state.running).phase is not None:
-                running.setdefault(state.running.component, set()).add(str(type(state.running).phase))
-        indexing = {s.running.component: s.running for s in self.states.values()
-                    if isinstance(s.running, IndexArchive)}
-        failures = self.failures()
-        for name, comp in self.manifest.components.items():
-            fields = summarize(comp, self.observed.get(name), running.get(name, set()), failures.get(name))
-            if fields.get("phase") == "fetching":
-                fields = {k: v for k, v in fields.items() if not k.startswith(("bytes", "files"))}
-            if name in indexing:
-                fields.update(self._index_progress(name, indexing[name]))
-            elif self.board.components.get(name, _NO_STATUS).detail.get("step") == "indexing":
-                fields["detail"] = {}  # the index pass ended: stop saying it runs
-            self.board.update(name, **fields)
-        now = time.monotonic()
-        if now - self._last_progress >= 10.0:
-            self._last_progress = now
-            snap = self.board.snapshot()["components"]
-            self.log.info("apply.progress", **{n: f"{c['phase']} {c['files_done']}/{c['files_total']} files"
-                                               for n, c in snap.items()})
-
-    def _index_progress(self, name: str, action: IndexArchive) -> dict[str, Any]:
-        """An index pass shows archive bytes read so far out of the archive's size (rate and ETA follow)."""
-        done = read_progress(index_progress_path(self.manifest, name))
-        if done is None:
-            return {}
-        try:
-            total = action.path.stat().st_size
-        except OSError:
-            return {}
-        return {"phase": "unpacking", "bytes_done": done, "bytes_total": total, "detail": {"step": "indexing"}}
+        running = [s.running for s in self.states.values() if s.running is not None]
+        self.reporter.show(self.manifest, self.observed, running, self.failures())
 
     def _drain_on_stop(self) -> None:
         if not self.stop.is_set():
@@ -530,20 +414,13 @@ class Executor:
             if action is not None and self._place(action) == "process":
                 self.futures.pop(future)
                 self._set(key, running=None)
-        _kill_processes(self._pools_by_place.get("process"))
+        kill_processes(self._pools_by_place.get("process"))
 
     def _outcome(self) -> Outcome:
         self._report()
-        out = Outcome(stopped=self.stop.is_set(), failed=self.failures())
-        if out.ok and self.futures_started:
+        if not self.stop.is_set() and not self.failures() and self.futures_started:
             self._keep_fingerprints(fresh=True)
-        for comp in self.manifest.enabled():
-            if is_ready(comp, self.observed.get(comp.name)):
-                out.ready.append(comp.name)
-            elif comp.name not in out.failed and not out.stopped:
-                waiting = [d for d in comp.after if not is_ready(self.manifest.components[d], self.observed.get(d))]
-                out.failed[comp.name] = (f"not started: waits for {', '.join(waiting)} (components.{comp.name}.after)"
-                                         if waiting else "did not converge; run again or see the log")
+        out = outcome(self.manifest, self.observed, self.failures(), self.stop.is_set())
         self.board.state = "stopped" if out.stopped else ("converged" if out.ok else "failed")
         self.board.write(force=True)
         self.log.info("apply.converged" if out.ok else ("apply.stopped" if out.stopped else "apply.failed"),

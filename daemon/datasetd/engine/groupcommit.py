@@ -13,11 +13,12 @@ runs at a time; units verified meanwhile wait for the next.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from datasetd import platform
+from datasetd.config.manifest import Manifest
 
 K = TypeVar("K")
 
@@ -27,6 +28,17 @@ def flush(paths: Sequence[Path]) -> None:
     # loss: only then may the batch be recorded VERIFIED and its tars be deleted.
     for path in paths:
         platform.syncfs(path)
+
+
+def filesystems(manifest: Manifest, components: Iterable[str]) -> list[Path]:
+    """One path on each filesystem the batch's components wrote to (their `into`, and the state
+    directory where the journal and digest lists are): what one flush must cover."""
+    seen: dict[int, Path] = {}
+    for name in components:
+        for path in (manifest.components[name].into, manifest.state_dir):
+            if path is not None and path.exists():
+                seen.setdefault(path.stat().st_dev, path)
+    return list(seen.values())
 
 
 class GroupCommit(Generic[K]):

@@ -28,7 +28,7 @@ from pathlib import Path
 from datasetd import logs
 from datasetd.config.manifest import Manifest
 from datasetd.config.parsing import load
-from datasetd.engine.executor import Outcome
+from datasetd.engine.stepstate import Outcome
 from datasetd.errors import DatasetdError, ManifestError
 from datasetd.service import systemd
 from datasetd.service.hooks import Hooks, last_phases

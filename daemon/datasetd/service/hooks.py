@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from datasetd import logs
 from datasetd.config.manifest import Manifest
-from datasetd.engine.executor import Outcome
+from datasetd.engine.stepstate import Outcome
 from datasetd.state import status as status_mod
 
 OUTPUT_SHOWN = 400  # characters of a failed hook's stderr kept in its log line

@@ -25,7 +25,9 @@ from pathlib import Path
 from datasetd import logs, platform
 from datasetd.config.manifest import Manifest
 from datasetd.engine.deepverify import Pace, recorded_units, verify_units
-from datasetd.engine.executor import Executor, Outcome, init_worker
+from datasetd.engine.executor import Executor
+from datasetd.engine.pools import init_worker
+from datasetd.engine.stepstate import Outcome
 from datasetd.sources.base import Source
 from datasetd.state.access import share_state
 from datasetd.state.durable import write_text_fast

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from datasetd.config.manifest import Component, Manifest
@@ -62,6 +63,20 @@ def observe_component(comp: Component, journal: JournalDB) -> ComponentState:
                       for idx in journal.unit_index(comp.name, archive_sha))
     free = inodes_free(comp.into) if comp.into is not None and indexed and not archive.proven else None
     return ComponentState(archive=archive, units=units, archive_sha256=archive_sha, inodes_free=free)
+
+
+def observe_again(comp: Component, journal: JournalDB, state: ComponentState | None, unit: str | None,
+                  proven: bool = False) -> ComponentState:
+    """`state` after a step that changed `unit` (or, with None, the component): only that unit is
+    looked at again where the component's archive is known, else the whole component."""
+    if unit is None or state is None or not state.archive_sha256:
+        return observe_component(comp, journal)
+    rows = journal.units(comp.name, unit)
+    units = tuple(observe_unit(comp, journal, u.index, state.archive_sha256, rows.get(u.name), proven)
+                  if u.name == unit else u for u in state.units)
+    # while the archive is being proved, what may start is bounded by the inodes free now
+    free = inodes_free(comp.into) if state.inodes_free is not None and comp.into is not None else None
+    return replace(state, units=units, inodes_free=free)
 
 
 def observe_unit(comp: Component, journal: JournalDB, idx: UnitIndex, archive_sha: str,
