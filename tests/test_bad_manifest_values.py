@@ -91,7 +91,7 @@ def test_wrong_type(work: Work, case: tuple[str, object]) -> None:
 
 
 COMMON = {"source", "size", "sha256", "md5", "unpack", "into", "after", "enabled", "keep_archive"}
-KNOWN = {  # table -> the keys it may hold (manifest.py), for generating keys it may not
+KNOWN = {  # table -> the keys it may hold (config/parsing.py), for generating keys it may not
     "": {"version", "root", "daemon", "torrent", "components"},
     "daemon": {"workers", "reconcile_every", "deep_verify_every", "stop_timeout", "metrics"},
     "torrent": {"listen_interfaces", "dht", "lsd", "upnp", "natpmp", "utp", "download_rate_limit",

@@ -1,6 +1,6 @@
 """The `sha256sum -c` lists under <root>/.datasetd/sha256/<component>/: where each lives, and which are lost.
 
-Every recorded unit has one, written when the unit is recorded (engine/steps.py). The journal holds
+Every recorded unit has one, written when the unit is recorded (engine/unitsteps.py). The journal holds
 the same names and digests, so a deleted list is rewritten from it by `apply` (byte-identical to the
 one written at extraction) and named by `verify`. Finding the lost ones costs one directory listing
 per component, so the no-op apply stays one stamp per class.

@@ -31,10 +31,8 @@ from datasetd.core.model import (
     VerifyUnit,
 )
 from datasetd.engine.archivesteps import (
-    discard_unproven,
     fetch_record,
     fetch_work,
-    index_progress_path,
     index_record,
     index_work,
     prove_record,
@@ -91,6 +89,3 @@ STEPS: Mapping[type[Action], Step[Any]] = {
     DeleteClassTar: Step(delete_class_tar_work, deleted(_logged("class.tar_deleted", tar=lambda a: a.tar))),
     DeleteArchive: Step(delete_archive_work, deleted(_logged("archive.deleted", path=lambda a: a.path))),
 }
-
-# The executor imports these from here, beside the table (their homes: engine.hands, engine.archivesteps).
-__all__ = ["STEPS", "Hands", "Step", "discard_unproven", "index_progress_path"]
