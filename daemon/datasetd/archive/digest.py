@@ -25,23 +25,37 @@ class Digests:
     md5: str | None
 
 
+class PinHashes:
+    """sha256, and md5 where a pin asks for it, of bytes fed in order: what every whole-file digest
+    (a file read here, a download's prefix, a torrent's file in piece order) is taken with."""
+
+    def __init__(self, *, md5: bool) -> None:
+        self._sha = hashlib.sha256()
+        self._m5 = hashlib.md5(usedforsecurity=False) if md5 else None
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._sha.update(data)
+        if self._m5 is not None:
+            self._m5.update(data)
+
+    def digests(self, size: int) -> Digests:
+        return Digests(size, self._sha.hexdigest(), self._m5.hexdigest() if self._m5 is not None else None)
+
+
 def hash_file(path: Path, *, md5: bool, stop: threading.Event,
               progress: Callable[[int], None] = lambda _: None) -> Digests:
     """sha256 (and md5 if asked) of `path`; TemporaryError if `stop` is set meanwhile."""
-    sha = hashlib.sha256()
-    m5 = hashlib.md5(usedforsecurity=False) if md5 else None
+    hashes = PinHashes(md5=md5)
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            if m5 is not None:
-                m5.update(chunk)
+            hashes.update(chunk)
             size += len(chunk)
             if size % (8 * CHUNK) == 0:  # every 8 MiB: often enough for a display, rare enough to cost nothing
                 progress(size)
                 if stop.is_set():
                     raise TemporaryError(f"{path}: stopped while checking its digest", 0)
-    return Digests(size, sha.hexdigest(), m5.hexdigest() if m5 is not None else None)
+    return hashes.digests(size)
 
 
 def mismatch(component: Component, d: Digests) -> tuple[str, str, str] | None:

@@ -12,13 +12,12 @@ so when the prefix covers the whole file the digest is the file's.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
+from datasetd.archive.digest import PinHashes
 from datasetd.errors import Restart, TemporaryError
 
 QUEUE_CHUNKS = 16  # chunks in flight to the hasher (each one recv, at most transport.READ_SIZE)
@@ -46,8 +45,7 @@ class PrefixHasher:
     def _new_digests(self) -> None:
         self.offset = 0
         self.short = False  # the part ended before the prefix it claims (someone truncated it)
-        self._sha: Any = hashlib.sha256()
-        self._m5: Any = hashlib.md5(usedforsecurity=False) if self._md5 else None
+        self._hashes = PinHashes(md5=self._md5)
 
     # -- the connections' side ----------------------------------------------------------------
 
@@ -82,7 +80,8 @@ class PrefixHasher:
                     raise Restart(f"the part file ends at {self.offset} bytes, expected {size} "
                                   "(truncated by someone)")
                 self._cond.wait(0.05)
-            return self._sha.hexdigest(), None if self._m5 is None else self._m5.hexdigest()
+            d = self._hashes.digests(size)
+            return d.sha256, d.md5
 
     def close(self) -> None:
         self._put(_CLOSE)
@@ -143,9 +142,7 @@ class PrefixHasher:
             self._update(data)
 
     def _update(self, data: bytes | memoryview) -> None:
-        self._sha.update(data)
-        if self._m5 is not None:
-            self._m5.update(data)
+        self._hashes.update(data)
         with self._cond:
             self.offset += len(data)
             self._cond.notify_all()

@@ -25,10 +25,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from datasetd import platform
-from datasetd.archive.digest import Digests
+from datasetd.archive.digest import Digests, PinHashes
 from datasetd.errors import TemporaryError
 from datasetd.sources.torrent.types import Layout
 
@@ -46,8 +45,7 @@ class Frontier:
 
     def __init__(self, path: Path, layout: Layout, *, md5: bool) -> None:
         self.path, self.layout = path, layout
-        self._sha: Any = hashlib.sha256()
-        self._m5: Any = hashlib.md5(usedforsecurity=False) if md5 else None
+        self._hashes = PinHashes(md5=md5)
         self._cond = threading.Condition()
         self._passed: set[int] = set()
         self._fresh: set[int] = set()  # passed pieces whose write may not be in the file yet
@@ -122,7 +120,7 @@ class Frontier:
                     fenced, self._fenced, self.stuck = True, True, False
                     self._cond.notify_all()
                 self._cond.wait(0.05)
-            return Digests(self.hashed, self._sha.hexdigest(), None if self._m5 is None else self._m5.hexdigest())
+            return self._hashes.digests(self.hashed)
 
     def close(self) -> None:
         with self._cond:
@@ -206,9 +204,7 @@ class Frontier:
         return data
 
     def _take(self, data: bytes) -> None:
-        self._sha.update(data)
-        if self._m5 is not None:
-            self._m5.update(data)
+        self._hashes.update(data)
         with self._cond:
             self.hashed += len(data)
             self.next += 1
