@@ -170,9 +170,11 @@ def _probe_stamps(scratch: Path) -> bool:
         return False
     finally:
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(probe / "f")  # no fsync: a crash leaves the probe in a folder the next run clears
-            os.rmdir(probe)
+        # No fsync: a crash leaves the probe in a folder the next run clears. Each removal on its
+        # own: a probe cut short between its mkdir and rmdir of "d" must not stay behind either.
+        for remove, path in ((os.unlink, probe / "f"), (os.rmdir, probe / "d"), (os.rmdir, probe)):
+            with contextlib.suppress(OSError):
+                remove(path)
 
 
 def _same_tick_changes_show(fd: int, probe: Path) -> bool:

@@ -423,9 +423,10 @@ class Executor:
 
     def _outcome(self) -> Outcome:
         self._report()
-        if not self.stop.is_set() and not self.failures() and self.futures_started:
+        failed, stopped = self.failures(), self.stop.is_set()
+        if not failed and not stopped and self.futures_started:
             self._keep_fingerprints(fresh=True)
-        out = outcome(self.manifest, self.observed, self.failures(), self.stop.is_set())
+        out = outcome(self.manifest, self.observed, failed, stopped)
         self.board.state = "stopped" if out.stopped else ("converged" if out.ok else "failed")
         self.board.write(force=True)
         self.log.info("apply.converged" if out.ok else ("apply.stopped" if out.stopped else "apply.failed"),
