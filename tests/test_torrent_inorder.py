@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import structlog
 
 from datasetd.sources.torrent.fetcher import TorrentFetcher
 from datasetd.sources.torrent.frontier import Frontier
-from datasetd.sources.torrent.types import Layout
+from datasetd.sources.torrent.lt import Session, read_meta
+from datasetd.sources.torrent.types import AddRequest, Layout
 from torrent_helpers import Seeder, loopback_settings, make_torrent, torrent_component
 
 PIECE = 64 * 1024
@@ -120,6 +122,91 @@ def test_zeros_of_the_datas_own_are_taken_at_once_not_at_the_fence(tmp_path: Pat
         assert _digest(frontier) == hashlib.sha256(data).hexdigest()
     finally:
         frontier.close()
+
+
+def test_a_fence_vouches_only_for_the_pieces_that_passed_before_it_was_asked_for(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(8 * PIECE)
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    frontier = Frontier(path, _layout(data), md5=False)
+    try:
+        for piece in range(3):
+            _write(path, piece, data)
+            frontier.passed((piece,), fresh=True)
+        mark = frontier.fence_mark(1)  # the fencer asks libtorrent for a fence now...
+        assert mark is not None
+        _write(path, 3, data[:3 * PIECE + 53248])  # torn mid-block: 3 passed after the fence was asked for
+        frontier.passed((3,), fresh=True)
+        frontier.fenced(mark)  # ...and it passed: 0-2 are in the file whole, 3 may not be
+        time.sleep(0.1)
+        assert frontier.next == 3, "a piece that passed after the fence was asked for was taken with its hole"
+        for piece in range(4, 8):
+            _write(path, piece, data)
+            frontier.passed((piece,), fresh=True)
+        assert _digest(frontier, fence=lambda: _write(path, 3, data)) == hashlib.sha256(data).hexdigest()
+    finally:
+        frontier.close()
+
+
+def test_after_a_fence_zeros_of_the_datas_own_are_taken_without_a_sha1(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    data = bytearray(rng.randbytes(8 * PIECE))
+    data[2 * PIECE + 8192:2 * PIECE + 20480] = bytes(12288)  # zero pages, as a tar's record padding has
+    data = bytes(data)
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    # A v2-only torrent has no piece SHA-1 to tell zeros from a hole: only a fence can vouch for them.
+    frontier = Frontier(path, replace(_layout(data), hashes=None), md5=False)
+
+    def fencer() -> None:  # as inorder.py's, with a fence that passes at once (every write landed first)
+        while (mark := frontier.fence_mark(1)) is not None:
+            frontier.fenced(mark)
+
+    thread = threading.Thread(target=fencer)
+    thread.start()
+    try:
+        for piece in range(8):
+            _write(path, piece, data)
+            frontier.passed((piece,), fresh=True)
+        deadline = time.monotonic() + 1.0  # well inside RETRY_FOR: the final fence is not needed
+        while frontier.next < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert frontier.next == 8, "a fenced piece with zero pages was held as if its write had not landed"
+        assert _digest(frontier) == hashlib.sha256(data).hexdigest()
+    finally:
+        frontier.close()
+        thread.join()
+
+
+def test_libtorrent_posts_cache_flushed_for_each_flush_cache_and_each_finish_and_for_nothing_else(
+        tmp_path: Path) -> None:
+    """What Session.flush counts on to know that its own fence passed, whatever the alerts' order."""
+    data = random.Random(9).randbytes(4 * MiB + 5)
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "train.bin").write_bytes(data)
+    torrent = tmp_path / "train.torrent"
+    make_torrent(tmp_path / "seed" / "train.bin", torrent)
+    with Seeder(torrent, tmp_path / "seed", ip="127.0.0.1") as seeder:
+        seeder.wait_ready()
+        ip, port = seeder.address.rsplit(":", 1)
+        session = Session(loopback_settings("127.0.0.2"))
+        try:
+            req = AddRequest(key=read_meta(torrent).key, save_path=tmp_path / "leech",
+                             resume_path=tmp_path / "train.resume", torrent_file=torrent, peers=((ip, int(port)),))
+            lease = session.add(req)[0]
+            assert lease.save_resume(10.0)  # its flush_disk_cache flag flushes too, and posts no cache_flushed
+            deadline = time.monotonic() + 30
+            while lease.file_done(0) < len(data) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for _ in range(2):
+                assert lease.flush(10.0)
+                assert lease.save_resume(10.0)
+            time.sleep(0.5)  # time for an alert nobody counted on
+            e = lease.entry
+            assert (e.flush_requests, e.finishes) == (2, 1)
+            assert e.flushed == e.flush_requests + e.finishes, "a cache_flushed alert for something else"
+        finally:
+            session.close(timeout=2.0)
 
 
 def test_a_lying_peers_bytes_left_in_the_file_never_reach_the_digest(tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ class AlertPump:
             "save_resume_data_alert": lambda a: self._on_resume(a, True),
             "save_resume_data_failed_alert": lambda a: self._on_resume(a, False),
             "cache_flushed_alert": self._on_flushed,
+            "torrent_finished_alert": self._on_finished,
             "piece_finished_alert": lambda a: self._on_piece(a, True),
             "hash_failed_alert": self._on_hash_failed,
         }
@@ -153,6 +154,12 @@ class AlertPump:
         entry = self._torrents.of_alert(a)
         if entry is not None:
             self._torrents.count_answer(entry, flushed=True)
+
+    def _on_finished(self, a: Any) -> None:
+        entry = self._torrents.of_alert(a)
+        if entry is not None:
+            self._torrents.count_answer(entry, finished=True)  # before its flush's alert, always
+        self._publish_event(a)
 
     def _on_hash_failed(self, a: Any) -> None:
         self._on_piece(a, False)  # the in-order digest forgets the piece; the lease hears it too

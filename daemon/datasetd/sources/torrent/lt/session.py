@@ -152,14 +152,20 @@ class Session:
     def flush(self, entry: Entry, timeout: float) -> bool:
         """flush_cache is a fence behind every pending disk write of the torrent; its alert says the
         fence passed. (A resume save's flush_disk_cache flag does not wait: its alert can come while
-        passed pieces still sit in libtorrent's store buffer, and a read of the file then differs.)"""
-        # The next alert, not a count of requests: libtorrent also posts one when the torrent
-        # finishes and for each resume save, so a count of ours is met before our flush is done.
+        passed pieces still sit in libtorrent's store buffer, and a read of the file then differs.)
+
+        True once every flush asked for so far has posted its cache_flushed alert: ours, and the
+        one libtorrent asks for as the torrent finishes (it posts torrent_finished first, so a
+        finish flush whose alert is already counted is counted among those asked for too). Then
+        ours has passed whatever the order of the alerts: until it does, at most every other
+        flush is counted, one fewer than asked for. (libtorrent 2.1 posts cache_flushed for
+        nothing else while a torrent downloads; a resume save's flush posts none.)"""
         with self._torrents.lock:
-            n = entry.flushed + 1
+            entry.flush_requests += 1
         entry.handle.flush_cache()
         with self._torrents.changed:
-            return self._torrents.changed.wait_for(lambda: entry.flushed >= n, timeout)
+            return self._torrents.changed.wait_for(
+                lambda: entry.flushed >= entry.flush_requests + entry.finishes, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Save every torrent's resume data, then stop the session."""

@@ -36,7 +36,9 @@ class Entry:
     wanted: set[int] = field(default_factory=set)  # file indices some lease wants
     requested: int = 0  # resume saves asked for
     answered: int = 0  # resume saves libtorrent answered (saved or failed)
-    flushed: int = 0  # cache_flushed alerts (ours, and those libtorrent posts on its own)
+    flush_requests: int = 0  # flush_cache calls of ours
+    finishes: int = 0  # torrent_finished alerts: libtorrent flushes the torrent's cache at each
+    flushed: int = 0  # cache_flushed alerts, for either kind of flush
     seed_until: tuple[float | None, float | None] | None = None  # (ratio, seconds) after the last lease
 
 
@@ -71,11 +73,14 @@ class Torrents:
         entry.handle.save_resume_data(SAVE_FLAGS)
         return n
 
-    def count_answer(self, entry: Entry, *, flushed: bool) -> None:
-        """A resume save (or, `flushed`, a cache flush) of the entry was answered: wake its waiters."""
+    def count_answer(self, entry: Entry, *, flushed: bool = False, finished: bool = False) -> None:
+        """A resume save, a cache flush (`flushed`) or the torrent's finish (`finished`: a flush
+        libtorrent asks for itself) was posted for the entry: wake its waiters."""
         with self.changed:
             if flushed:
                 entry.flushed += 1
+            elif finished:
+                entry.finishes += 1
             else:
                 entry.answered += 1
             self.changed.notify_all()
