@@ -1,125 +1,144 @@
 """The planner: a pure function from (manifest, observed state) to the next actions.
 
 Level-triggered (kopf's model): it never remembers what it did; it looks at
-what is, and says the next step for each unit. The class-tar protocol lives
-here as a table (design.md): the executor re-observes after every step and
-asks again, so a crash anywhere resumes at the right step.
+what is, and says the next step for each unit. The class-tar protocol lives in
+`core.unitplan` as a table (design.md); `core.ledger` keeps its answer for each
+unit. The executor re-observes after every step and asks again, so a crash
+anywhere resumes at the right step. It asks with what it knows besides the disk,
+as pure inputs: the keys in flight (`busy`: not planned again), the keys that may
+not start now (`held`: failed, or waiting for a retry), and the room left in the
+worker pool, so a round builds only the unit steps that may start.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping, Set
 
-from datasetd.config.dataset import Expect
 from datasetd.config.manifest import Component, Manifest
-from datasetd.core import expect as expectations
+from datasetd.core.ledger import Ledger, follow
 from datasetd.core.model import (
-    FLAT,
     Action,
-    AdoptUnit,
     ArchiveState,
-    ArrangeByClass,
     Blocked,
     ComponentState,
     DeleteArchive,
-    DeleteClassTar,
     ExtractUnit,
     Fetch,
     IndexArchive,
-    Journal,
-    MarkProcessed,
     Observed,
-    Origin,
     ProveArchive,
-    UnitState,
-    VerifyUnit,
 )
+from datasetd.core.unitplan import loose_path as loose_path
+from datasetd.core.unitplan import plan_unit as plan_unit
+from datasetd.core.unitplan import selected_units as selected_units
+from datasetd.core.unitplan import unit_done as unit_done
+from datasetd.core.unitplan import unit_paths as unit_paths
+
+Key = tuple[str, str]  # (component, unit); unit "" for component-level steps
+NOTHING: frozenset[Key] = frozenset()
 
 
-@dataclass(frozen=True)
-class UnitPaths:
-    folder: Path
-    partial: Path
-    old: Path  # where a folder that failed its check waits while its replacement is renamed in
-    plain_tar: Path
-    marked_tar: Path
-    arrange_plan: Path  # the move plan of a flat tree being arranged by class
+def plan(manifest: Manifest, observed: Observed, *, busy: Set[Key] = NOTHING, held: Set[Key] = NOTHING,
+         room: int | None = None) -> list[Action]:
+    """Every action that can start now, in dependency order (from scratch: `plan_ledgers` is the
+    same from ledgers kept up to date, see `ledgers`)."""
+    return plan_ledgers(manifest, ledgers(manifest, observed.components), busy=busy, held=held, room=room)
 
 
-def unit_paths(comp: Component, unit: str) -> UnitPaths:
-    assert comp.into is not None
-    return _unit_paths(comp.into, unit)
+def ledgers(manifest: Manifest, observed: Mapping[str, ComponentState],
+            previous: Mapping[str, Ledger] | None = None) -> dict[str, Ledger]:
+    """The ledger of each observed component of the manifest, following `previous` where it has one."""
+    previous = previous or {}
+    return {name: follow(previous.get(name), manifest.components[name], state)
+            for name, state in observed.items() if name in manifest.components}
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _unit_paths(into: Path, unit: str) -> UnitPaths:
-    """Memoised: the planner runs after every step and builds these for every unit still to do, six
-    Paths each (1,000 classes: ~3 M Path objects over an apply otherwise). The result is frozen."""
-    if unit == FLAT:
-        parent, name = into.parent, into.name
-        return UnitPaths(into, parent / f".{name}.partial", parent / f".{name}.old",
-                         parent / f"{name}.tar", parent / f"Z_{name}.tar", parent / f".{name}.arrange.json")
-    return UnitPaths(into / unit, into / f".{unit}.partial", into / f".{unit}.old",
-                     into / f"{unit}.tar", into / f"Z_{unit}.tar", into / f".{unit}.arrange.json")
-
-
-def plan(manifest: Manifest, observed: Observed) -> list[Action]:
-    """Every action that can start now, in dependency order."""
+def plan_ledgers(manifest: Manifest, by_name: Mapping[str, Ledger], *, busy: Set[Key] = NOTHING,
+                 held: Set[Key] = NOTHING, room: int | None = None) -> list[Action]:
+    """`busy` keys are left out; at most `room` unit steps that run in a worker and are not `held`
+    are given (in archive order); every other action that may start is."""
     actions: list[Action] = []
     for comp in manifest.enabled():
-        state = observed.components.get(comp.name)
-        if state is None:
+        ledger = by_name.get(comp.name)
+        if ledger is None or ledger.comp is not comp:
             continue
-        waiting = [d for d in comp.after if not is_ready(manifest.components[d],
-                                                          observed.components.get(d))]
-        if waiting:
+        if any(not ledger_ready(by_name.get(d), manifest.components[d]) for d in comp.after):
             continue
-        actions.extend(plan_component(comp, state))
+        planned = plan_ledger(ledger, busy=busy, held=held, room=room)
+        if room is not None:
+            room -= sum(type(a).runs_in == "worker" and a.key not in held and a.key[1] != ""
+                        for a in planned)
+        actions.extend(planned)
     return actions
 
 
 def is_ready(comp: Component, state: ComponentState | None) -> bool:
     """Converged: the component's result is on disk, verified, and nothing is left to clean."""
-    if state is None or not comp.enabled:
+    return state is not None and ledger_ready(follow(None, comp, state), comp)
+
+
+def ledger_ready(ledger: Ledger | None, comp: Component) -> bool:
+    if ledger is None or ledger.comp is not comp or not comp.enabled:
         return False
+    archive = ledger.state.archive
     if comp.unpack == "none":
-        return state.archive.present and state.archive.verified
-    return state.archive.indexed and not plan_component(comp, state)
+        return archive.present and archive.verified
+    return (archive.indexed and archive.proven and ledger.refusal is None and ledger.idle
+            and not _may_delete_archive(comp, archive))
 
 
 def plan_component(comp: Component, state: ComponentState) -> list[Action]:
+    return plan_ledger(follow(None, comp, state))
+
+
+def plan_ledger(ledger: Ledger, *, busy: Set[Key] = NOTHING, held: Set[Key] = NOTHING,
+                room: int | None = None) -> list[Action]:
+    comp, state = ledger.comp, ledger.state
     archive = state.archive
     if comp.unpack == "none":
         if archive.present and archive.verified:
             return []
-        return [_archive_step(comp, archive)]
+        return _free([_archive_step(comp, archive)], busy)
     if not archive.indexed:
-        return [_archive_step(comp, archive)]
-    units = selected_units(comp, state)
+        return _free([_archive_step(comp, archive)], busy)
     if not archive.proven:
-        return _while_proving(comp, archive, units, state.inodes_free)
-    refusal = _refusal(comp, state, units)
-    if refusal is not None:
-        return [refusal]
-    actions: list[Action] = []
-    needs_archive = False
-    for unit in units:
-        action = plan_unit(comp, archive, unit)
-        if action is _NEEDS_ARCHIVE:
-            needs_archive = True
-        elif action is not None:
-            actions.append(action)
-    if needs_archive:
-        actions.append(_archive_step(comp, archive))
-    if not actions and _may_delete_archive(comp, archive):
-        actions.append(DeleteArchive(comp.name, path=comp.archive))
-    return actions
+        return _while_proving(ledger, busy, held, room)
+    if ledger.refusal is not None:
+        return [ledger.refusal]
+    if (comp.name, "") in held:
+        room = 0  # the component failed (or waits to retry): none of its units start meanwhile
+    actions = [ledger.actions[p] for p in sorted((*ledger.inline, *_first(ledger, busy, held, room)))]
+    units: list[Action] = [a for a in actions if a is not None and a.key not in busy]
+    if ledger.needs_archive:
+        units.extend(_free([_archive_step(comp, archive)], busy))
+    if ledger.idle and _may_delete_archive(comp, archive) and not any(k[0] == comp.name for k in busy):
+        # every unit verified and committed, none running: only then may the archive go
+        units.extend(_free([DeleteArchive(comp.name, path=comp.archive)], busy))
+    return units
 
 
-def _while_proving(comp: Component, archive: ArchiveState, units: tuple[UnitState, ...],
-                   inodes_free: int | None) -> list[Action]:
+def _first(ledger: Ledger, busy: Set[Key], held: Set[Key], room: int | None) -> list[int]:
+    """The first `room` positions whose worker step may start (not busy, not held), with the held
+    ones met before them: the executor decides what a held one does to its retry time."""
+    out: list[int] = []
+    taken = 0
+    name = ledger.comp.name
+    for p in ledger.worker:
+        if room is not None and taken >= room:
+            break
+        key = (name, ledger.state.units[p].name)
+        if key in busy:
+            continue
+        out.append(p)
+        taken += key not in held
+    return out
+
+
+def _free(actions: list[Action], busy: Set[Key]) -> list[Action]:
+    return [a for a in actions if a.key not in busy]
+
+
+def _while_proving(ledger: Ledger, busy: Set[Key], held: Set[Key], room: int | None) -> list[Action]:
     """The outer headers are indexed, the full pass not yet: run it (ProveArchive), and meanwhile
     extract every unit that has nothing on disk, read in place. What would replace, adopt, rename
     or delete anything waits for the verdict, and no unit is committed verified before it (the
@@ -129,48 +148,26 @@ def _while_proving(comp: Component, archive: ArchiveState, units: tuple[UnitStat
     at most n // 512 entries (a header each), and units start only while those bounds, summed over
     every unit not yet extracted up to this one (running ones included), fit in the free inodes.
     The exact check follows the verdict, as before; a full disk is never found half-way."""
-    actions: list[Action] = [ProveArchive(comp.name, path=comp.archive)]
+    comp, state = ledger.comp, ledger.state
+    actions = _free([ProveArchive(comp.name, path=comp.archive)], busy)
+    if (comp.name, "") in held:
+        room = 0  # the proof failed (or waits to retry): no unit starts meanwhile
     if comp.expect is not None or comp.classes is not None:
         return actions  # what they refuse is known from the full index only: no work before it
-    budget = inodes_free if inodes_free is not None else 0
-    for unit in units:
-        if unit.journal is not Journal.NONE:
-            continue  # extracted: its inodes are already taken, and counted in what is free
-        budget -= unit.index.size // 512 + 1
+    budget = state.inodes_free if state.inodes_free is not None else 0
+    taken = 0
+    for p in ledger.fresh:  # not extracted: extracted ones' inodes are taken, and counted in what is free
+        if room is not None and taken >= room:
+            break
+        budget -= state.units[p].index.size // 512 + 1
         if budget < 0:
             break
-        action = plan_unit(comp, archive, unit)
-        if isinstance(action, ExtractUnit) and not action.replace and not action.origin.loose:
+        action = ledger.actions[p]
+        if (isinstance(action, ExtractUnit) and not action.replace and not action.origin.loose
+                and action.key not in busy):
             actions.append(action)
+            taken += action.key not in held
     return actions
-
-
-def selected_units(comp: Component, state: ComponentState) -> tuple[UnitState, ...]:
-    """The units the manifest asks for: every one, or those of its `classes` subset."""
-    if comp.classes is None:
-        return state.units
-    return tuple(u for u in state.units if comp.selected(u.name))
-
-
-def _refusal(comp: Component, state: ComponentState, units: tuple[UnitState, ...]) -> Blocked | None:
-    """The archive's index already shows the result cannot be what the manifest asks: stop before work."""
-    if comp.classes is not None:
-        missing = sorted(set(comp.classes) - {u.name for u in state.units})
-        if missing:
-            return Blocked(comp.name, reason=f"components.{comp.name}.classes: {', '.join(missing[:5])}"
-                           f"{' ...' if len(missing) > 5 else ''} not in {comp.archive.name} "
-                           f"({len(missing)} of {len(comp.classes)}); fix the list or the archive")
-    if comp.expect is None:
-        return None
-    if comp.unpack == "class-tars":
-        wanted, per_class = comp.expect, {u.name: u.index.files for u in units}
-    else:  # a flat tree's classes are known only from its labels: the arrangement checks those
-        wanted, per_class = Expect(files=comp.expect.files), {}
-    off = expectations.problems(wanted, per_class, sum(u.index.files for u in units))
-    if not off:
-        return None
-    shown = "; ".join(off[:5]) + (f"; and {len(off) - 5} more" if len(off) > 5 else "")
-    return Blocked(comp.name, reason=f"components.{comp.name}.expect not met by {comp.archive.name}: {shown}")
 
 
 def _archive_step(comp: Component, archive: ArchiveState) -> Action:
@@ -195,68 +192,3 @@ def _may_delete_archive(comp: Component, archive: ArchiveState) -> bool:
             and archive.present and archive.verified)
 
 
-class _NeedsArchive(Action):
-    pass
-
-
-_NEEDS_ARCHIVE = _NeedsArchive("")
-
-
-def plan_unit(comp: Component, archive: ArchiveState, unit: UnitState) -> Action | None:
-    """The class-tar protocol: one row of design.md's table per branch."""
-    if unit.index.problem:
-        return Blocked(comp.name, reason=unit.index.problem, unit=unit.name)
-    if comp.arrange is not None and _arrange_next(unit):
-        paths = unit_paths(comp, unit.name)
-        return ArrangeByClass(comp.name, unit.name, folder=paths.folder, plan_file=paths.arrange_plan)
-    if unit.journal is Journal.VERIFIED and unit.folder and unit.intact and unit.loose_tar is None:
-        return None  # done: the common case at every round, so no paths are built for it
-    paths = unit_paths(comp, unit.name)
-    loose = loose_path(paths, unit)
-    if unit.journal is Journal.VERIFIED and unit.folder and unit.intact:
-        return DeleteClassTar(comp.name, unit.name, tar=loose) if loose else None
-    if unit.journal is Journal.EXTRACTED and unit.folder and unit.intact:
-        if loose is not None and loose == paths.plain_tar:
-            return MarkProcessed(comp.name, unit.name, tar=loose, marked=paths.marked_tar)
-        return VerifyUnit(comp.name, unit.name, folder=paths.folder)
-    origin = _origin(comp, archive, unit, loose)
-    if origin is None:
-        return _NEEDS_ARCHIVE
-    if unit.folder and unit.journal is Journal.NONE:
-        return AdoptUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
-                         old=paths.old, expected_bytes=unit.index.bytes)
-    # No folder, or a recorded folder that lost files or changed size: extract (again).
-    return ExtractUnit(comp.name, unit.name, origin=origin, folder=paths.folder, partial=paths.partial,
-                       old=paths.old, expected_bytes=unit.index.bytes, replace=unit.folder)
-
-
-def _arrange_next(unit: UnitState) -> bool:
-    """A started arrangement resumes first (its files are half moved); a verified flat tree starts one."""
-    if unit.arranging and unit.journal is not Journal.NONE and unit.folder:
-        return True
-    return unit.journal is Journal.VERIFIED and unit.folder and unit.intact and not unit.arranged
-
-
-def loose_path(paths: UnitPaths, unit: UnitState) -> Path | None:
-    # A loose tar the index did not hash (it appeared after the index pass of a pinned archive) cannot
-    # be compared with anything: like one of the wrong size, it is neither used nor deleted.
-    if unit.loose_tar is None or not unit.loose_tar_ok or not unit.index.sha256:
-        return None
-    return paths.marked_tar if unit.loose_tar.startswith("Z_") else paths.plain_tar
-
-
-def _origin(comp: Component, archive: ArchiveState, unit: UnitState, loose: Path | None) -> Origin | None:
-    idx = unit.index
-    if loose is not None:
-        return Origin(path=loose, offset=0, size=idx.size, sha256=idx.sha256, loose=True)
-    if archive.present and archive.verified:
-        return Origin(path=comp.archive, offset=idx.offset, size=idx.size, sha256=idx.sha256, loose=False)
-    return None
-
-
-# ---- what a plan costs ---------------------------------------------------------------------
-
-
-def unit_done(unit: UnitState) -> bool:
-    """On disk as recorded (extracted or verified): what no longer needs space or extraction."""
-    return unit.folder and unit.intact and unit.journal is not Journal.NONE

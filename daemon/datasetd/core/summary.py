@@ -6,13 +6,15 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from datasetd.config.manifest import Component
-from datasetd.core.model import ComponentState, Journal
-from datasetd.core.planning import is_ready, selected_units, unit_done
+from datasetd.core.ledger import Ledger, follow
+from datasetd.core.model import ComponentState
+from datasetd.core.planning import ledger_ready
 
 
 def summarize(comp: Component, state: ComponentState | None, running: Collection[str] = (),
-              error: str | None = None) -> dict[str, Any]:
-    """Phase and done/total counters; `running` holds the phases (Action.phase) of the steps in flight."""
+              error: str | None = None, ledger: Ledger | None = None) -> dict[str, Any]:
+    """Phase and done/total counters; `running` holds the phases (Action.phase) of the steps in flight.
+    `ledger`: the one of `state` where the caller keeps one (the executor, every round)."""
     out: dict[str, Any] = {"last_error": error}
     if not comp.enabled:
         out["phase"] = "disabled"
@@ -20,19 +22,17 @@ def summarize(comp: Component, state: ComponentState | None, running: Collection
     if state is None:
         out["phase"] = "pending"
         return out
-    units = selected_units(comp, state)
-    if units:
-        done = [u for u in units if unit_done(u)]
-        verified = [u for u in units if u.journal is Journal.VERIFIED and u.folder and u.intact]
-        out.update(
-            bytes_done=sum(u.index.bytes for u in done), bytes_total=sum(u.index.bytes for u in units),
-            files_done=sum(u.index.files for u in done), files_total=sum(u.index.files for u in units),
-        )
+    if ledger is None or ledger.state is not state or ledger.comp is not comp:
+        ledger = follow(None, comp, state)
+    figures = ledger.progress
+    if figures.units:
+        out.update(bytes_done=figures.bytes_done, bytes_total=figures.bytes_total,
+                   files_done=figures.files_done, files_total=figures.files_total)
         if comp.unpack == "class-tars":
-            out.update(classes_done=len(verified), classes_total=len(units))
+            out.update(classes_done=figures.verified, classes_total=figures.units)
     if error is not None:
         out["phase"] = "error"
-    elif is_ready(comp, state):
+    elif ledger_ready(ledger, comp):
         out["phase"] = "ready"
     elif "fetching" in running:
         out["phase"] = "fetching"

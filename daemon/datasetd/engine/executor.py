@@ -3,8 +3,10 @@
 Pure decisions come from `core.planning`; how each action type runs comes from
 `engine.steps.STEPS`. CPU-bound steps (hashing, tar parsing) run in worker
 processes; downloads in threads; renames and deletes inline. After each step
-the touched unit is observed again and the whole (in-memory) state re-planned,
-so a unit's next step starts while its bytes are still in the page cache.
+the touched unit is observed again and the state re-planned (the planner's
+ledgers follow the observation unit by unit, and it builds only the worker
+steps the pool has room for), so a unit's next step starts while its bytes
+are still in the page cache.
 
 All the executor remembers of a unit is one frozen `StepState` per
 (component, unit) key (kopf's HandlerState is the model): attempts, a retry
@@ -29,6 +31,7 @@ from typing import Any
 from datasetd import logs
 from datasetd.config.manifest import Manifest
 from datasetd.core.costs import space_needs
+from datasetd.core.ledger import Ledger
 from datasetd.core.model import (
     Action,
     Blocked,
@@ -39,7 +42,7 @@ from datasetd.core.model import (
     ProveArchive,
     UnitAction,
 )
-from datasetd.core.planning import plan
+from datasetd.core.planning import ledgers, plan_ledgers
 from datasetd.engine import digestlists
 from datasetd.engine.archivesteps import discard_unproven
 from datasetd.engine.groupcommit import GroupCommit, filesystems
@@ -75,6 +78,8 @@ class Executor:
         self.hands = Hands(manifest, journal, board, sources or {})
         self.hands.units_busy = self._units_busy
         self.observed: dict[str, ComponentState] = {}
+        # what the planner knows of each component's units, advanced unit by unit as they are observed
+        self.ledgers: dict[str, Ledger] = {}
         self.states: dict[Key, StepState] = {}
         self.futures: dict[cf.Future[Any], Key] = {}
         self.flusher: GroupCommit[Key] = GroupCommit()
@@ -211,7 +216,13 @@ class Executor:
         # bytes are in the page cache, and queued work items (VerifyUnit carries the unit's
         # whole file list) do not pile up in this process for the length of the archive.
         pooled = sum(self._place(s.running) == "worker" for s in self.states.values() if s.running is not None)
-        for action in plan(self.manifest, Observed(self.observed)):
+        busy = {k for k, s in self.states.items() if s.busy}
+        held = {k for k, s in self.states.items()
+                if s.failed is not None or (s.retry_at is not None and s.retry_at > now)}
+        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
+        # The planner builds only the worker steps the pool has room for (and those held back).
+        room = max(0, 2 * self.workers - pooled)
+        for action in plan_ledgers(self.manifest, self.ledgers, busy=busy, held=held, room=room):
             state = self._state(action.key)
             if state.busy or state.failed is not None or self._state((action.component, "")).failed is not None:
                 continue
@@ -397,7 +408,8 @@ class Executor:
 
     def _report(self) -> None:
         running = [s.running for s in self.states.values() if s.running is not None]
-        self.reporter.show(self.manifest, self.observed, running, self.failures())
+        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
+        self.reporter.show(self.manifest, self.observed, running, self.failures(), self.ledgers)
 
     def _drain_on_stop(self) -> None:
         if not self.stop.is_set():

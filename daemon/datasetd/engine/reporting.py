@@ -14,6 +14,7 @@ from typing import Any
 from datasetd import logs
 from datasetd.archive.indexprogress import read_progress
 from datasetd.config.manifest import Manifest
+from datasetd.core.ledger import Ledger
 from datasetd.core.model import Action, ComponentState, IndexArchive
 from datasetd.core.summary import summarize
 from datasetd.engine.archivesteps import index_progress_path
@@ -30,7 +31,7 @@ class Reporter:
         self._last_progress = time.monotonic()
 
     def show(self, manifest: Manifest, observed: Mapping[str, ComponentState], running: Iterable[Action],
-             failures: Mapping[str, str]) -> None:
+             failures: Mapping[str, str], ledgers: Mapping[str, Ledger] | None = None) -> None:
         phases: dict[str, set[str]] = {}
         indexing: dict[str, IndexArchive] = {}
         for action in running:
@@ -39,7 +40,8 @@ class Reporter:
             if isinstance(action, IndexArchive):
                 indexing[action.component] = action
         for name, comp in manifest.components.items():
-            fields = summarize(comp, observed.get(name), phases.get(name, set()), failures.get(name))
+            fields = summarize(comp, observed.get(name), phases.get(name, set()), failures.get(name),
+                               (ledgers or {}).get(name))
             if fields.get("phase") == "fetching":
                 fields = {k: v for k, v in fields.items() if not k.startswith(("bytes", "files"))}
             if name in indexing:
