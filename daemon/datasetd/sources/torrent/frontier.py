@@ -102,6 +102,17 @@ class Frontier:
             self._cond.notify_all()
             return self.passed_to != was
 
+    def missed(self, pieces: Iterable[int]) -> bool:
+        """Pieces libtorrent holds that never passed here: their alert was lost (dropped from a full
+        alert queue, or a handler that failed). Without them the digest would wait at the first one
+        for ever once the download is done. Passed now as fresh: their write may lag like any other
+        just checked, so a hole in them is still never taken. True if any was missing."""
+        with self._cond:  # an RLock: passed() takes it again
+            missing = [p for p in pieces if p not in self._passed]
+            if missing:
+                self.passed(missing, fresh=True)
+            return bool(missing)
+
     def window(self, size: int) -> list[int]:
         """The first `size` pieces past the passed prefix that have not passed (the picker's next ones)."""
         with self._cond:

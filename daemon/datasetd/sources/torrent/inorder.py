@@ -89,6 +89,10 @@ class InOrder:
             self.frontier.fenced(mark)
 
     def digests(self, stop: threading.Event) -> Digests | None:
+        """Called once libtorrent counts the whole file as passed: every piece it holds is passed
+        here too, even one whose alert never came (frontier.missed), before the digest is awaited."""
+        have = self.lease.have()
+        self.frontier.missed(p for p in range(self.file.first_piece, self.file.last_piece + 1) if have[p])
         return self.frontier.digests(lambda: self.lease.flush(timeout=FLUSH_TIMEOUT), stop)
 
     def close(self) -> None:
