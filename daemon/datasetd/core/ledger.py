@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from itertools import compress
 
@@ -50,6 +51,7 @@ class Ledger:
     needs_archive: int  # units whose bytes are nowhere until the archive is fetched or hashed
     progress: Progress
     refusal: Blocked | None  # the index shows the manifest cannot be met (from the index alone)
+    positions: Mapping[str, int]  # unit name -> position in state.units (the index's order)
 
     @property
     def idle(self) -> bool:
@@ -98,7 +100,8 @@ def _build(comp: Component, state: ComponentState) -> Ledger:
                 fresh.append(p)
     return Ledger(comp, state, actions=tuple(actions), worker=tuple(worker), inline=tuple(inline),
                   fresh=tuple(fresh), needs_archive=sum(a is NEEDS_ARCHIVE for a in actions),
-                  progress=progress, refusal=refusal(comp, state))
+                  progress=progress, refusal=refusal(comp, state),
+                  positions={u.name: p for p, u in enumerate(state.units)})
 
 
 def _amend(ledger: Ledger, p: int, old: UnitState, new: UnitState) -> Ledger:

@@ -41,6 +41,7 @@ from datasetd.core.model import (
     Observed,
     ProveArchive,
     UnitAction,
+    UnitState,
 )
 from datasetd.core.planning import ledgers, plan_ledgers
 from datasetd.engine import digestlists
@@ -189,11 +190,21 @@ class Executor:
         return [UnitAction(component, k[1]) for k, s in self.states.items()
                 if k[0] == component and k[1] and s.busy]
 
-    def _extracted(self) -> set[Key]:
-        """The units recorded EXTRACTED, taken once per commit round: a lookup per unit waiting for
-        the commit would scan every unit (1,000 of them waiting on an archive's verdict)."""
-        return {(name, u.name) for name, state in self.observed.items() for u in state.units
-                if u.journal is Journal.EXTRACTED}
+    def _unit(self, key: Key) -> tuple[int, UnitState] | None:
+        """The observed unit of a key and its position, by the ledger's positions (a search would walk
+        every unit, for each unit waiting for the commit: 1,000 of them waiting on an archive's verdict)."""
+        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
+        ledger = self.ledgers.get(key[0])
+        if ledger is None:  # removed from the manifest meanwhile: what is still observed of it
+            state = self.observed.get(key[0])
+            return next(((p, u) for p, u in enumerate(state.units) if u.name == key[1]), None) if state else None
+        p = ledger.positions.get(key[1])
+        return (p, ledger.state.units[p]) if p is not None else None
+
+    def _extracted(self, key: Key) -> bool:
+        """Recorded EXTRACTED: verified by its step and not yet committed."""
+        seen = self._unit(key)
+        return seen is not None and seen[1].journal is Journal.EXTRACTED
 
     def _proven(self, component: str) -> bool:
         state = self.observed.get(component)
@@ -327,7 +338,9 @@ class Executor:
         """Observe what a step changed: its unit (`proven`: just read back by the step), or its component."""
         comp = self.manifest.components[action.component]
         unit = action.unit if isinstance(action, UnitAction) else None
-        self.observed[comp.name] = observe_again(comp, self.journal, self.observed.get(comp.name), unit, proven)
+        found = self._unit((comp.name, unit)) if unit is not None else None
+        self.observed[comp.name] = observe_again(comp, self.journal, self.observed.get(comp.name), unit, proven,
+                                                 at=found[0] if found is not None else None)
 
     # ---- group commit ------------------------------------------------------------------------
 
@@ -335,10 +348,8 @@ class Executor:
         """Record the batch whose flush returned; start the next one when it is due. `force` (the
         end of a run) waits for the flush in flight and flushes what is left, as does an idle loop."""
         self._record_flushed(wait=force)
-        awaiting = self._awaiting_commit()
-        extracted = self._extracted() if awaiting else set()
-        for key in awaiting:
-            if key not in extracted:
+        for key in self._awaiting_commit():
+            if not self._extracted(key):
                 self._set(key, verified_at=None, flushed=False)  # forgotten meanwhile (refused): not committed
         self._record_durable()
         if self.flusher.future is not None:
@@ -362,9 +373,8 @@ class Executor:
         """The batch whose syncfs returned: its extracted files and directory renames now survive
         power loss."""
         batch = self.flusher.finished(wait)
-        extracted = self._extracted() if batch else set()
         for key in batch or ():
-            if self._state(key).verified_at is not None and key in extracted:
+            if self._state(key).verified_at is not None and self._extracted(key):
                 self._set(key, flushed=True)  # else forgotten or re-planned while it was flushed
 
     def _record_durable(self) -> None:
@@ -390,15 +400,15 @@ class Executor:
         recorded, and the commit changed its journal state alone: setting that spares a stat per file."""
         comp = self.manifest.components[component]
         state = self.observed.get(component)
-        units = state.units if state is not None else ()
-        seen = next((u for u in units if u.name == unit), None)
-        follows = seen is None or seen.loose_tar is not None or comp.arrange is not None or (
+        found = self._unit((component, unit))
+        follows = found is None or found[1].loose_tar is not None or comp.arrange is not None or (
             comp.downloaded and not comp.keep_archive)
-        if state is None or seen is None or follows:
+        if state is None or found is None or follows:
             self._refresh(UnitAction(component, unit))
             return
+        p, seen = found
         verified = replace(seen, journal=Journal.VERIFIED)
-        self.observed[component] = replace(state, units=tuple(verified if u is seen else u for u in units))
+        self.observed[component] = replace(state, units=(*state.units[:p], verified, *state.units[p + 1:]))
 
     # ---- reporting -----------------------------------------------------------------------------
 

@@ -66,14 +66,21 @@ def observe_component(comp: Component, journal: JournalDB) -> ComponentState:
 
 
 def observe_again(comp: Component, journal: JournalDB, state: ComponentState | None, unit: str | None,
-                  proven: bool = False) -> ComponentState:
+                  proven: bool = False, at: int | None = None) -> ComponentState:
     """`state` after a step that changed `unit` (or, with None, the component): only that unit is
-    looked at again where the component's archive is known, else the whole component."""
+    looked at again where the component's archive is known, else the whole component. `at`: the
+    unit's position in `state.units` where the caller knows it (a search is a walk over every unit,
+    after every step: quadratic in units over an apply)."""
     if unit is None or state is None or not state.archive_sha256:
         return observe_component(comp, journal)
+    if at is None or not (0 <= at < len(state.units) and state.units[at].name == unit):
+        at = next((p for p, u in enumerate(state.units) if u.name == unit), None)
+        if at is None:
+            return state
     rows = journal.units(comp.name, unit)
-    units = tuple(observe_unit(comp, journal, u.index, state.archive_sha256, rows.get(u.name), proven)
-                  if u.name == unit else u for u in state.units)
+    old = state.units[at]
+    seen = observe_unit(comp, journal, old.index, state.archive_sha256, rows.get(old.name), proven)
+    units = (*state.units[:at], seen, *state.units[at + 1:])
     # while the archive is being proved, what may start is bounded by the inodes free now
     free = inodes_free(comp.into) if state.inodes_free is not None and comp.into is not None else None
     return replace(state, units=units, inodes_free=free)
