@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from datasetd.config.manifest import Manifest
 from datasetd.config.parsing import parse
 from datasetd.core.costs import space_needs, traffic
 from datasetd.core.model import (
@@ -29,25 +28,7 @@ from datasetd.core.model import (
     VerifyUnit,
 )
 from datasetd.core.planning import is_ready, plan, unit_paths
-
-ROOT = Path("/data/root")
-SHA = "a" * 64
-
-
-def manifest(extra: str = "", train: str = "") -> Manifest:
-    text = f"""
-version = 1
-root = "{ROOT}"
-[components.train]
-source = "file"
-path = "/mnt/nas/train.tar"
-sha256 = "{SHA}"
-unpack = "class-tars"
-into = "train"
-{train}
-{extra}
-"""
-    return parse(text.encode(), Path("/etc/datasetd/m.toml"))
+from planner_cases import ROOT, SHA, manifest
 
 
 def unit(name: str = "n01", **kw: object) -> UnitState:

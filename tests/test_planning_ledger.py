@@ -31,26 +31,10 @@ from datasetd.core.model import (
     VerifyUnit,
 )
 from datasetd.core.planning import Key, is_ready, ledgers, plan, plan_ledgers
+from planner_cases import ROOT, SHA, manifest
 
-ROOT = Path("/data/root")
-SHA = "a" * 64
 ARCHIVE = ArchiveState(present=True, size=100, verified=True, indexed=True)
 DONE = {"folder": True, "intact": True, "journal": Journal.VERIFIED}
-
-
-def manifest(train: str = "", extra: str = "") -> Manifest:
-    return parse(f"""
-version = 1
-root = "{ROOT}"
-[components.train]
-source = "file"
-path = "/mnt/nas/train.tar"
-sha256 = "{SHA}"
-unpack = "class-tars"
-into = "train"
-{train}
-{extra}
-""".encode(), Path("/m.toml"))
 
 
 def downloaded(units: int) -> tuple[Manifest, ComponentState]:
