@@ -7,7 +7,10 @@ package's source (AST) for the names it logs.
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import datasetd
@@ -60,3 +63,29 @@ def test_every_listed_event_is_emitted() -> None:
     found = emitted()
     never = sorted(name for name in EVENTS if name not in found)
     assert not never, f"in logs.EVENTS but never emitted: {never}"
+
+
+def test_structlog_imported_without_asyncio_still_logs_from_async_code() -> None:
+    """logs.py hands structlog a stand-in for asyncio (a cold start spared); the first async log
+    call must import the real asyncio through it and write its line."""
+    code = ("import sys\n"
+            "from datasetd import logs\n"
+            "assert 'asyncio' not in sys.modules, 'structlog pulled asyncio in'\n"
+            "logs.configure(json=True, level='info')\n"
+            "import asyncio\n"
+            "asyncio.run(logs.get().ainfo('apply.started', manifest='m.toml'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stderr.splitlines()[-1])["event"] == "apply.started"
+
+
+def test_a_deferred_module_read_while_still_deferring_is_the_real_one() -> None:
+    code = ("import sys\n"
+            "from datasetd.logs import deferring\n"
+            "assert 'colorsys' not in sys.modules\n"
+            "with deferring('colorsys'):\n"
+            "    import colorsys\n"
+            "    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)\n"
+            "assert sys.modules['colorsys'] is not colorsys and colorsys.ONE_THIRD == 1.0 / 3.0\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -127,7 +127,7 @@ def test_download_in_place_without_a_journal_is_rehashed_not_fetched_again(tmp_p
 # Installed for other verbs or as other packages' optional extras; an HTTP apply has no use for them,
 # and each costs a cold start ~0.05-0.15 s of disk reads (the HTTP bench row's start before the first byte).
 NOT_FOR_AN_HTTP_APPLY = ("rich", "pygments", "click", "libtorrent", "apscheduler", "prometheus_client", "scipy",
-                         "watchdog")
+                         "watchdog", "asyncio")
 
 
 def test_an_http_apply_imports_only_what_it_uses(tmp_path: Path) -> None:
