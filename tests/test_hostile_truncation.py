@@ -149,6 +149,16 @@ def test_truncated_flat_tar_is_refused(site: Site, suffix: str, cut: Callable[[b
     check_refused_flat(site, str(path))
 
 
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz"])
+def test_damaged_compressed_data_is_refused(site: Site, kind: str) -> None:
+    """Whole but damaged: the decoder's own error (isal's, lzma's, bz2's OSError) is the archive's one line."""
+    data = bytearray(compress(tar(files(class_files("v", 6))), kind))
+    middle = len(data) // 2
+    data[middle:middle + 64] = b"\xff" * 64
+    flat_site(site, f"val.tar.{kind}", bytes(data))
+    check_refused_flat(site, "unreadable compressed data")
+
+
 # ---- decompression bombs and resource exhaustion ------------------------------------------------
 
 
