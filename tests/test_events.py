@@ -68,24 +68,26 @@ def test_every_listed_event_is_emitted() -> None:
 def test_structlog_imported_without_asyncio_still_logs_from_async_code() -> None:
     """logs.py hands structlog a stand-in for asyncio (a cold start spared); the first async log
     call must import the real asyncio through it and write its line."""
-    code = ("import sys\n"
-            "from datasetd import logs\n"
-            "assert 'asyncio' not in sys.modules, 'structlog pulled asyncio in'\n"
-            "logs.configure(json=True, level='info')\n"
-            "import asyncio\n"
-            "asyncio.run(logs.get().ainfo('apply.started', manifest='m.toml'))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stderr.splitlines()[-1])["event"] == "apply.started"
+    stderr = _fresh_python("from datasetd import logs",
+                           "assert 'asyncio' not in sys.modules, 'structlog pulled asyncio in'",
+                           "logs.configure(json=True, level='info')",
+                           "import asyncio",
+                           "asyncio.run(logs.get().ainfo('apply.started', manifest='m.toml'))")
+    assert json.loads(stderr.splitlines()[-1])["event"] == "apply.started"
 
 
 def test_a_deferred_module_read_while_still_deferring_is_the_real_one() -> None:
-    code = ("import sys\n"
-            "from datasetd.logs import deferring\n"
-            "assert 'colorsys' not in sys.modules\n"
-            "with deferring('colorsys'):\n"
-            "    import colorsys\n"
-            "    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)\n"
-            "assert sys.modules['colorsys'] is not colorsys and colorsys.ONE_THIRD == 1.0 / 3.0\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    _fresh_python("from datasetd.logs import deferring",
+                  "assert 'colorsys' not in sys.modules",
+                  "with deferring('colorsys'):",
+                  "    import colorsys",
+                  "    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)",
+                  "assert sys.modules['colorsys'] is not colorsys and colorsys.ONE_THIRD == 1.0 / 3.0")
+
+
+def _fresh_python(*lines: str) -> str:
+    """Run `lines` in a new interpreter (nothing imported yet but `sys`); its stderr."""
+    done = subprocess.run([sys.executable, "-c", "\n".join(["import sys", *lines])], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
