@@ -53,6 +53,35 @@ def _sparse(path: Path, size: int) -> None:
         f.truncate(size)
 
 
+def _frontier(tmp_path: Path, data: bytes, layout: Layout | None = None) -> tuple[Path, Frontier]:
+    """A frontier over a sparse file of `data`'s length, as libtorrent leaves it before any write."""
+    path = tmp_path / "train.tar"
+    _sparse(path, len(data))
+    return path, Frontier(path, layout or _layout(data), md5=False)
+
+
+def _land(frontier: Frontier, path: Path, data: bytes, pieces: range) -> None:
+    """Each piece written whole, then passed fresh (its piece_finished alert)."""
+    for piece in pieces:
+        _write(path, piece, data)
+        frontier.passed((piece,), fresh=True)
+
+
+def _with_zero_pages(seed: int) -> bytes:
+    """Eight pieces of random bytes; piece 2 holds zero pages, as a tar's record padding has."""
+    data = bytearray(random.Random(seed).randbytes(8 * PIECE))
+    data[2 * PIECE + 8192:2 * PIECE + 20480] = bytes(12288)
+    return bytes(data)
+
+
+def _next_within(frontier: Frontier, want: int, seconds: float) -> int:
+    """The frontier's prefix once it reached `want` or `seconds` passed, whichever came first."""
+    deadline = time.monotonic() + seconds
+    while frontier.next < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return frontier.next
+
+
 def _digest(frontier: Frontier, fence: Any = lambda: None) -> str:
     d = frontier.digests(fence, threading.Event())
     assert d is not None
@@ -88,9 +117,7 @@ def test_the_digest_is_the_files_whatever_the_order_and_however_late_the_writes(
 
 def test_a_write_half_landed_is_read_again_after_the_fence(tmp_path: Path) -> None:
     data = random.Random(1).randbytes(8 * PIECE)
-    path = tmp_path / "train.tar"
-    _sparse(path, len(data))
-    frontier = Frontier(path, _layout(data), md5=False)
+    path, frontier = _frontier(tmp_path, data)
     try:
         for piece in range(8):
             _write(path, piece, data[:3 * PIECE + 53248] if piece == 3 else data)  # 3: torn mid-block
@@ -104,21 +131,12 @@ def test_a_write_half_landed_is_read_again_after_the_fence(tmp_path: Path) -> No
 
 
 def test_zeros_of_the_datas_own_are_taken_at_once_not_at_the_fence(tmp_path: Path) -> None:
-    rng = random.Random(5)
-    data = bytearray(rng.randbytes(8 * PIECE))
-    data[2 * PIECE + 8192:2 * PIECE + 20480] = bytes(12288)  # zero pages, as a tar's record padding has
-    data = bytes(data)
-    path = tmp_path / "train.tar"
-    _sparse(path, len(data))
-    frontier = Frontier(path, _layout(data), md5=False)
+    data = _with_zero_pages(5)
+    path, frontier = _frontier(tmp_path, data)
     try:
-        for piece in range(8):
-            _write(path, piece, data)
-            frontier.passed((piece,), fresh=True)
-        deadline = time.monotonic() + 1.0  # well inside RETRY_FOR: no waiting for the fence
-        while frontier.next < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert frontier.next == 8, "a piece whose SHA-1 matches was held as if its write had not landed"
+        _land(frontier, path, data, range(8))
+        taken = _next_within(frontier, 8, 1.0)  # well inside RETRY_FOR: no waiting for the fence
+        assert taken == 8, "a piece whose SHA-1 matches was held as if its write had not landed"
         assert _digest(frontier) == hashlib.sha256(data).hexdigest()
     finally:
         frontier.close()
@@ -126,13 +144,9 @@ def test_zeros_of_the_datas_own_are_taken_at_once_not_at_the_fence(tmp_path: Pat
 
 def test_a_fence_vouches_only_for_the_pieces_that_passed_before_it_was_asked_for(tmp_path: Path) -> None:
     data = random.Random(7).randbytes(8 * PIECE)
-    path = tmp_path / "train.tar"
-    _sparse(path, len(data))
-    frontier = Frontier(path, _layout(data), md5=False)
+    path, frontier = _frontier(tmp_path, data)
     try:
-        for piece in range(3):
-            _write(path, piece, data)
-            frontier.passed((piece,), fresh=True)
+        _land(frontier, path, data, range(3))
         mark = frontier.fence_mark(1)  # the fencer asks libtorrent for a fence now...
         assert mark is not None
         _write(path, 3, data[:3 * PIECE + 53248])  # torn mid-block: 3 passed after the fence was asked for
@@ -140,23 +154,16 @@ def test_a_fence_vouches_only_for_the_pieces_that_passed_before_it_was_asked_for
         frontier.fenced(mark)  # ...and it passed: 0-2 are in the file whole, 3 may not be
         time.sleep(0.1)
         assert frontier.next == 3, "a piece that passed after the fence was asked for was taken with its hole"
-        for piece in range(4, 8):
-            _write(path, piece, data)
-            frontier.passed((piece,), fresh=True)
+        _land(frontier, path, data, range(4, 8))
         assert _digest(frontier, fence=lambda: _write(path, 3, data)) == hashlib.sha256(data).hexdigest()
     finally:
         frontier.close()
 
 
 def test_after_a_fence_zeros_of_the_datas_own_are_taken_without_a_sha1(tmp_path: Path) -> None:
-    rng = random.Random(8)
-    data = bytearray(rng.randbytes(8 * PIECE))
-    data[2 * PIECE + 8192:2 * PIECE + 20480] = bytes(12288)  # zero pages, as a tar's record padding has
-    data = bytes(data)
-    path = tmp_path / "train.tar"
-    _sparse(path, len(data))
+    data = _with_zero_pages(8)
     # A v2-only torrent has no piece SHA-1 to tell zeros from a hole: only a fence can vouch for them.
-    frontier = Frontier(path, replace(_layout(data), hashes=None), md5=False)
+    path, frontier = _frontier(tmp_path, data, replace(_layout(data), hashes=None))
 
     def fencer() -> None:  # as inorder.py's, with a fence that passes at once (every write landed first)
         while (mark := frontier.fence_mark(1)) is not None:
@@ -165,13 +172,9 @@ def test_after_a_fence_zeros_of_the_datas_own_are_taken_without_a_sha1(tmp_path:
     thread = threading.Thread(target=fencer)
     thread.start()
     try:
-        for piece in range(8):
-            _write(path, piece, data)
-            frontier.passed((piece,), fresh=True)
-        deadline = time.monotonic() + 1.0  # well inside RETRY_FOR: the final fence is not needed
-        while frontier.next < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert frontier.next == 8, "a fenced piece with zero pages was held as if its write had not landed"
+        _land(frontier, path, data, range(8))
+        taken = _next_within(frontier, 8, 1.0)  # well inside RETRY_FOR: the final fence is not needed
+        assert taken == 8, "a fenced piece with zero pages was held as if its write had not landed"
         assert _digest(frontier) == hashlib.sha256(data).hexdigest()
     finally:
         frontier.close()
@@ -213,9 +216,7 @@ def test_a_lying_peers_bytes_left_in_the_file_never_reach_the_digest(tmp_path: P
     data = random.Random(2).randbytes(8 * PIECE)
     lie = bytearray(data)
     lie[3 * PIECE:4 * PIECE] = random.Random(3).randbytes(PIECE)  # no hole in it: nothing looks missing
-    path = tmp_path / "train.tar"
-    _sparse(path, len(data))
-    frontier = Frontier(path, _layout(data), md5=False)
+    path, frontier = _frontier(tmp_path, data)
     try:
         _write(path, 3, bytes(lie))  # the lie was written, then failed libtorrent's SHA-1 check
         frontier.failed(3)
@@ -272,9 +273,7 @@ def test_a_lying_peers_pieces_fail_and_the_digest_taken_in_order_matches_the_pin
 
 def test_a_piece_whose_alert_was_lost_is_passed_when_the_download_is_done(tmp_path: Path) -> None:
     data = random.Random(6).randbytes(8 * PIECE)
-    path = tmp_path / "train.tar"
-    _sparse(path, len(data))
-    frontier = Frontier(path, _layout(data), md5=False)
+    path, frontier = _frontier(tmp_path, data)
     try:
         for piece in range(8):
             if piece != 2:  # piece 2's piece_finished alert never came, and its write lags
