@@ -26,3 +26,16 @@ into = "train"
 {extra}
 """
     return parse(text.encode(), Path("/etc/datasetd/m.toml"))
+
+
+def pinned_val(unpack: str, more: str = "") -> str:
+    """A `components.val` table for `manifest(extra=...)`: a pinned tar from a file source."""
+    return f"""
+[components.val]
+source = "file"
+path = "/mnt/nas/val.tar"
+sha256 = "{SHA}"
+unpack = "{unpack}"
+into = "val"
+{more}
+"""

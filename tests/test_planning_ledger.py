@@ -31,7 +31,7 @@ from datasetd.core.model import (
     VerifyUnit,
 )
 from datasetd.core.planning import Key, is_ready, ledgers, plan, plan_ledgers
-from planner_cases import ROOT, SHA, manifest
+from planner_cases import ROOT, SHA, manifest, pinned_val
 
 ARCHIVE = ArchiveState(present=True, size=100, verified=True, indexed=True)
 DONE = {"folder": True, "intact": True, "journal": Journal.VERIFIED}
@@ -175,14 +175,7 @@ def test_only_room_worker_steps_are_built_busy_skipped_held_not_counted_inline_a
 
 
 def test_room_is_shared_across_components_and_a_failed_component_takes_none() -> None:
-    m = manifest(extra=f"""
-[components.val]
-source = "file"
-path = "/mnt/nas/val.tar"
-sha256 = "{SHA}"
-unpack = "class-tars"
-into = "val"
-""")
+    m = manifest(extra=pinned_val("class-tars"))
     comps = {name: ComponentState(archive=ARCHIVE, units=fresh_units(5), archive_sha256=SHA)
              for name in ("train", "val")}
     got = [a.key for a in plan(m, Observed(comps), room=3)]
@@ -222,15 +215,7 @@ def test_delete_archive_waits_for_a_busy_key_even_when_every_unit_is_observed_do
 
 
 def test_a_dependency_is_ready_only_when_every_unit_converged_whatever_the_room() -> None:
-    m = manifest(extra=f"""
-[components.val]
-source = "file"
-path = "/mnt/nas/val.tar"
-sha256 = "{SHA}"
-unpack = "tar"
-into = "val"
-after = ["train"]
-""")
+    m = manifest(extra=pinned_val("tar", 'after = ["train"]'))
     units = tuple(replace(u, **DONE) for u in fresh_units(1000))  # type: ignore[arg-type]
     last_to_do = replace(units[-1], folder=False, intact=False, journal=Journal.NONE)
     train = ComponentState(archive=ARCHIVE, units=(*units[:-1], last_to_do), archive_sha256=SHA)
