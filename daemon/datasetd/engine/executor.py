@@ -190,11 +190,16 @@ class Executor:
         return [UnitAction(component, k[1]) for k, s in self.states.items()
                 if k[0] == component and k[1] and s.busy]
 
+    def _ledgers(self) -> dict[str, Ledger]:
+        """The ledgers, brought up to what is observed now (each follows its component's units by
+        identity: only units observed since the last call are planned again)."""
+        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
+        return self.ledgers
+
     def _unit(self, key: Key) -> tuple[int, UnitState] | None:
         """The observed unit of a key and its position, by the ledger's positions (a search would walk
         every unit, for each unit waiting for the commit: 1,000 of them waiting on an archive's verdict)."""
-        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
-        ledger = self.ledgers.get(key[0])
+        ledger = self._ledgers().get(key[0])
         if ledger is None:  # removed from the manifest meanwhile: what is still observed of it
             state = self.observed.get(key[0])
             return next(((p, u) for p, u in enumerate(state.units) if u.name == key[1]), None) if state else None
@@ -230,10 +235,9 @@ class Executor:
         busy = {k for k, s in self.states.items() if s.busy}
         held = {k for k, s in self.states.items()
                 if s.failed is not None or (s.retry_at is not None and s.retry_at > now)}
-        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
         # The planner builds only the worker steps the pool has room for (and those held back).
         room = max(0, 2 * self.workers - pooled)
-        for action in plan_ledgers(self.manifest, self.ledgers, busy=busy, held=held, room=room):
+        for action in plan_ledgers(self.manifest, self._ledgers(), busy=busy, held=held, room=room):
             state = self._state(action.key)
             if state.busy or state.failed is not None or self._state((action.component, "")).failed is not None:
                 continue
@@ -418,8 +422,7 @@ class Executor:
 
     def _report(self) -> None:
         running = [s.running for s in self.states.values() if s.running is not None]
-        self.ledgers = ledgers(self.manifest, self.observed, self.ledgers)
-        self.reporter.show(self.manifest, self.observed, running, self.failures(), self.ledgers)
+        self.reporter.show(self.manifest, self.observed, running, self.failures(), self._ledgers())
 
     def _drain_on_stop(self) -> None:
         if not self.stop.is_set():
