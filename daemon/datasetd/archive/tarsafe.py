@@ -49,9 +49,11 @@ def safe_name(archive: str, member: tarfile.TarInfo) -> str:
         raise HostileArchive(archive, raw, "a file named only '.' or '/' would be the target itself")
     if any(p == ".." for p in parts):
         raise HostileArchive(archive, raw, "'..' in the path escapes the target directory")
+    name = "/".join(parts)
+    if raw.isascii() and len(raw) <= MAX_NAME_BYTES:
+        return name  # one byte a character: neither a component nor the name can be too long
     if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
         raise HostileArchive(archive, raw, f"a path component is longer than {MAX_NAME_BYTES} bytes")
-    name = "/".join(parts)
     if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
         raise HostileArchive(archive, raw, f"name longer than {MAX_PATH_BYTES} bytes")
     return name

@@ -20,6 +20,7 @@ what either yields.
 from __future__ import annotations
 
 import tarfile
+import zlib
 from collections.abc import Iterator
 from typing import IO, cast
 
@@ -101,10 +102,10 @@ def parse(buf: bytes) -> tarfile.TarInfo | None:
     if buf[156:157] not in _PLAIN:
         raise NotPlain
     chksum = _octal(buf[148:156])
-    unsigned = 256 + sum(buf) - sum(buf[148:156])
+    unsigned = 256 + _byte_sum(buf) - sum(buf[148:156])
     if chksum != unsigned and chksum != unsigned - 256 * sum(b >= 128 for b in buf[:148] + buf[156:]):
         raise _Invalid("bad checksum")
-    mode, uid, gid, size, mtime, devmajor, devminor = (_octal(buf[a:b]) for a, b in _NUMBERS)
+    mode, uid, gid, size, mtime, devmajor, devminor = [_octal(buf[a:b]) for a, b in _NUMBERS]
     if min(mode, uid, gid, size, mtime) < 0:
         raise NotPlain  # tarfile's own handling of a negative number
     info = BoundedTarInfo(_text(buf[0:100]))
@@ -123,6 +124,13 @@ def parse(buf: bytes) -> tarfile.TarInfo | None:
     return info
 
 
+def _byte_sum(buf: bytes) -> int:
+    """sum(buf) of a 512-byte block in C: Adler-32's low half is 1 + the sum of the bytes modulo
+    65521, and a 256-byte half sums to at most 65280, so each half's is exact. `sum(buf)` walks the
+    block as Python ints: ~3 us of a header's ~13 us, paid twice per file (proof pass, extraction)."""
+    return (zlib.adler32(buf[:256]) & 0xFFFF) + (zlib.adler32(buf[256:]) & 0xFFFF) - 2
+
+
 def _text(field: bytes) -> str:
     return field.partition(b"\0")[0].decode(*_CODING)
 
@@ -131,7 +139,12 @@ def _octal(field: bytes) -> int:
     """tarfile's nti for an octal field; a base-256 one is tarfile's to read."""
     if field[0] in (0o200, 0o377):
         raise NotPlain
+    digits = field.partition(b"\0")[0]
+    if not digits:
+        return 0  # all NULs (GNU tar's device numbers): what strip() or "0" makes of it
     try:
-        return int(field.partition(b"\0")[0].decode("ascii").strip() or "0", 8)
+        if digits.isdigit():  # ASCII 0-9 only, as tar writers write them: decoding and strip change nothing
+            return int(digits, 8)
+        return int(digits.decode("ascii").strip() or "0", 8)
     except ValueError:
         raise _Invalid("invalid header") from None
