@@ -24,7 +24,10 @@ SEGMENT_THRESHOLD = 64 * 1024 * 1024
 PIECE = 4 * 1024 * 1024
 HTTP_NAMES = ("3 HTTP single stream: datasetd (connections = 1) vs curl",
               "3b HTTP segmented: datasetd (connections = 4) vs curl")
+HTTP_REPS = 5  # at least: see http_rows
 TORRENT_NAME = "4 BitTorrent loopback: datasetd vs bare libtorrent script"
+TORRENT_FLOOR_NAMES = ("4b BitTorrent: the bare leecher + the pin's sha256 in piece order (the floor) vs bare",
+                       "4c BitTorrent: datasetd vs the floor of a verified download (row 4b)")
 
 
 def _missing(module: str, attr: str) -> str | None:
@@ -106,8 +109,10 @@ def _http_measure(ctx: Ctx, ds: DataSet, url: str) -> list[Row]:
         shutil.rmtree(work)
         return {"curl": r}
 
-    runs = rotate(ctx, {"single": lambda rep: datasetd(1, rep), "segmented": lambda rep: datasetd(4, rep),
-                        "curl": curl})
+    # One GB to disk and a sync swings far on both sides (seven reps: datasetd 1.68-5.61 s, curl
+    # 1.83-2.78 s): a median of three landed anywhere in 0.88-1.24. At least five, as for row 4.
+    runs = rotate(dataclasses.replace(ctx, reps=max(ctx.reps, HTTP_REPS)),
+                  {"single": lambda rep: datasetd(1, rep), "segmented": lambda rep: datasetd(4, rep), "curl": curl})
     return [compare_row(HTTP_NAMES[0], runs["datasetd-http-1"], runs["curl"], "curl -o + sync", 1.1),
             compare_row(HTTP_NAMES[1], runs["datasetd-http-4"], runs["curl"], "curl -o + sync (one stream)", 1.0)]
 
@@ -156,7 +161,7 @@ def torrent_rows(ctx: Ctx, ds: DataSet) -> list[Row]:
         assert seeder.stdout is not None
         if seeder.stdout.readline().strip() != "ready":
             return [pending_row(TORRENT_NAME, "the bench's seeder did not start")]
-        return [_torrent_measure(ctx, ds, torrent, f"127.0.0.1:{seed_port}")]
+        return _torrent_measure(ctx, ds, torrent, f"127.0.0.1:{seed_port}")
     except BenchError as e:
         return [pending_row(TORRENT_NAME, str(e))]
     finally:
@@ -169,22 +174,23 @@ def torrent_rows(ctx: Ctx, ds: DataSet) -> list[Row]:
             seeder.wait()
 
 
-def _torrent_measure(ctx: Ctx, ds: DataSet, torrent: Path, peer: str) -> Row:
+def _torrent_measure(ctx: Ctx, ds: DataSet, torrent: Path, peer: str) -> list[Row]:
     def datasetd(rep: int) -> dict[str, measure.Run]:
         text = TORRENT_MANIFEST.format(port=free_port(), peer=peer, torrent=torrent, file=ds.outer.name,
                                        size=ds.size, sha256=ds.sha256)
         return {"datasetd-torrent": _fetch_variant(ctx, ds, "datasetd-torrent", rep, text,
                                                   f"downloads/{ds.outer.name}")}
 
-    def bare(rep: int | str) -> dict[str, measure.Run]:
-        work = fresh(ctx.work / "bare-libtorrent")
-        log = ctx.logs / f"bare-libtorrent-{rep}.log"
+    def bare(rep: int | str, digest: bool = False) -> dict[str, measure.Run]:
+        label = "bare-libtorrent-sha256" if digest else "bare-libtorrent"
+        work = fresh(ctx.work / label)
+        log = ctx.logs / f"{label}-{rep}.log"
         argv = [str(bl.PYTHON), str(bl.BENCH / "bt.py"), "fetch", str(torrent), str(work),
-                f"127.0.0.1:{free_port()}", peer]
-        r = measure.run("bare-libtorrent", argv, cold=ctx.cold, log=log)
+                f"127.0.0.1:{free_port()}", peer, *([ds.sha256] if digest else [])]
+        r = measure.run(label, argv, cold=ctx.cold, log=log)
         _check_file(r, log, work / ds.outer.name, ds)
         shutil.rmtree(work)
-        return {"bare-libtorrent": r}
+        return {label: r}
 
     # The seeder's first transfer after it started is 1-1.5 s slower, whoever takes it (bare: 6.3 s,
     # then 4.5-4.9 s): the rotation starts with datasetd, so that fell on datasetd's first rep in
@@ -192,6 +198,12 @@ def _torrent_measure(ctx: Ctx, ds: DataSet, torrent: Path, peer: str) -> Row:
     ctx.say(f"  warm-up: one untimed bare fetch, {bare('warmup')['bare-libtorrent'].seconds:.2f}s")
     # Transfers over loopback swing +-15 % run to run on both sides (seven pairs: datasetd 3.91-4.90 s,
     # bare 3.35-4.49 s, medians 1.05 apart): a median of three landed anywhere in 0.95-1.24.
-    runs = rotate(dataclasses.replace(ctx, reps=max(ctx.reps, TORRENT_REPS)), {"datasetd": datasetd, "bare": bare})
-    return compare_row(TORRENT_NAME, runs["datasetd-torrent"], runs["bare-libtorrent"],
-                       "bare libtorrent leecher, default settings; sync", 1.1)
+    # 4b: the bare leecher hashing the file in piece order as the pieces pass libtorrent's check,
+    # which a download proved against a pinned sha256 cannot leave out (on 2 cores beside the seeder
+    # and the leecher's own SHA-1): the floor, as row 1e is for row 1.
+    runs = rotate(dataclasses.replace(ctx, reps=max(ctx.reps, TORRENT_REPS)),
+                  {"datasetd": datasetd, "bare": bare, "floor": lambda rep: bare(rep, digest=True)})
+    d, b, floor = runs["datasetd-torrent"], runs["bare-libtorrent"], runs["bare-libtorrent-sha256"]
+    return [compare_row(TORRENT_NAME, d, b, "bare libtorrent leecher, default settings; sync", 1.1),
+            compare_row(TORRENT_FLOOR_NAMES[0], floor, b, "bare leecher, no digest", None),
+            compare_row(TORRENT_FLOOR_NAMES[1], d, floor, "bare leecher + sha256 in piece order", None)]
