@@ -3,7 +3,7 @@
     server = FaultServer(files={"/a.bin": data}).start()     # 127.0.0.1, a free port
     url = server.url("/a.bin")
     server.add_fault("/a.bin", Fault(reset_after=100_000))   # the next GET of /a.bin only
-    server.throttle("/a.bin", 200_000)                       # bytes per second, every answer
+    server.throttle("/a.bin", 200_000)                       # bytes per second, answers in flight too
     ...
     server.requests("/a.bin", "GET")                         # what clients sent, in order
     server.stop()
@@ -177,7 +177,7 @@ class FaultServer:
     def _path(self, path: str) -> _PathState:
         return self._paths.setdefault(path, _PathState())
 
-    def _enter(self, method: str, path: str, headers: dict[str, str]) -> tuple[Request, Fault | None, float | None]:
+    def _enter(self, method: str, path: str, headers: dict[str, str]) -> tuple[Request, Fault | None]:
         with self._lock:
             rec = Request(method, path, headers, time.monotonic())
             self._log.append(rec)
@@ -193,7 +193,12 @@ class FaultServer:
                         if q.left <= 0:
                             st.faults.remove(q)
                     break
-            return rec, fault, st.rate
+            return rec, fault
+
+    def _rate(self, path: str) -> float | None:
+        """The throttle now: read before every chunk, so a test can lift it mid-answer."""
+        with self._lock:
+            return self._path(path).rate
 
     def _leave(self, rec: Request) -> None:
         with self._lock:
@@ -255,16 +260,15 @@ class _Handler(BaseHTTPRequestHandler):
         fs = self.server.owner
         path = urlsplit(self.path).path
         headers = {k.lower(): v for k, v in self.headers.items()}
-        rec, fault, rate = fs._enter(self.command, path, headers)
+        rec, fault = fs._enter(self.command, path, headers)
         try:
-            self._answer(fs, rec, fault, rate, head)
+            self._answer(fs, rec, fault, head)
         except OSError:
             self.close_connection = True  # the client went away: fine, it is what clients do
         finally:
             fs._leave(rec)
 
-    def _answer(self, fs: FaultServer, rec: Request, fault: Fault | None, rate: float | None,
-                head: bool) -> None:
+    def _answer(self, fs: FaultServer, rec: Request, fault: Fault | None, head: bool) -> None:
         if fault is not None and fault.replace_with is not None:
             fs.put(rec.path, fault.replace_with)
         if not fs._authorized(self.headers.get("Authorization")):
@@ -290,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{body.size}")
         self.end_headers()
         if not head:
-            self._send(fs, rec, body, start, end, fault, rate)
+            self._send(fs, rec, body, start, end, fault)
         return None
 
     def _range(self, fs: FaultServer, body: _Body, fault: Fault | None) -> tuple[int, int] | str | None:
@@ -325,13 +329,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(text)
 
     def _send(self, fs: FaultServer, rec: Request, body: _Body, start: int, end: int,
-              fault: Fault | None, rate: float | None) -> None:
+              fault: Fault | None) -> None:
         limits = [n for n in (fault.send_only, fault.reset_after, fault.stall_after) if n is not None] \
             if fault is not None else []
         stop_at = min(end, start + min(limits)) if limits else end
-        chunk_size = _CHUNK if not rate else max(1024, min(_CHUNK, int(rate / 20)))
         pos = start
         while pos < stop_at:
+            rate = fs._rate(rec.path)
+            chunk_size = _CHUNK if not rate else max(1024, min(_CHUNK, int(rate / 20)))
             data = bytearray(body.read(pos, min(chunk_size, stop_at - pos)))
             if fault is not None and fault.corrupt_at is not None and pos <= fault.corrupt_at < pos + len(data):
                 data[fault.corrupt_at - pos] ^= 0xFF
